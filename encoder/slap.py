@@ -1,0 +1,215 @@
+"""SLAP: audio encoder + text tower + caption decoder + EMA teacher, trained in one stage.
+
+Named configs live in `encoder/model_configs/<name>.json` (the file stem is the name);
+keys `audio_cfg`, `text_cfg`, `decoder_cfg`, `ssl_cfg`, `loss_weights` mirror the
+dataclasses below. Checkpoints store `{"config": asdict(cfg), ...}` so `SLAPConfig.from_dict`
+rebuilds the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from encoder.decoder import CaptionDecoder, DecoderConfig
+from encoder.frontend import FREQ_PATCHES, PATCH_FRAMES
+from encoder.losses import CaptionLoss, ContrastiveLoss, FrameLoss, MaskedPredictionLoss
+from encoder.model import AudioEncoder, AudioOutput, EncoderConfig, count_params
+from encoder.text import TextConfig, TextTower
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+
+@dataclass
+class SSLConfig:
+    n_prototypes: int = 1024  # DINOv2 uses 65k for ImageNet-scale data; ours has ~10^2 classes
+    head_hidden: int = 512
+    head_bottleneck: int = 128
+    mask_ratio: float = 0.5  # the paper: the student sees 50 % of the patches masked
+    # Ours: only this fraction of each batch's clips is masked; the rest are seen whole, so the
+    # contrastive and frame losses also train on unmasked input (what inference sees).
+    masked_clip_fraction: float = 0.5
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    center_momentum: float = 0.9
+    ema_start: float = 0.994  # teacher momentum, cosine schedule to ema_end over training
+    ema_end: float = 1.0
+
+
+@dataclass
+class LossWeights:
+    clap: float = 1.0
+    ssl: float = 1.0
+    caption: float = 0.5
+    frame: float = 1.0  # ours: SLAP has no frame-level term
+
+
+@dataclass
+class SLAPConfig:
+    name: str = "slap-tiny"
+    audio: EncoderConfig = field(default_factory=EncoderConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    row_tokens: int = 1024  # packed training rows: tokens per row (~41 s of audio)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SLAPConfig:
+        return cls(
+            name=d.get("name", "custom"),
+            audio=EncoderConfig(**d.get("audio_cfg", {})),
+            text=TextConfig(**d.get("text_cfg", {})),
+            decoder=DecoderConfig(**d.get("decoder_cfg", {})),
+            ssl=SSLConfig(**d.get("ssl_cfg", {})),
+            loss_weights=LossWeights(**d.get("loss_weights", {})),
+            row_tokens=d.get("row_tokens", 1024),
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "audio_cfg": asdict(self.audio),
+            "text_cfg": asdict(self.text),
+            "decoder_cfg": asdict(self.decoder),
+            "ssl_cfg": asdict(self.ssl),
+            "loss_weights": asdict(self.loss_weights),
+            "row_tokens": self.row_tokens,
+        }
+
+
+def list_models() -> list[str]:
+    return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))
+
+
+def get_config(name_or_path: str) -> SLAPConfig:
+    """A registered name (`slap-tiny`) or a path to a config JSON."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = MODEL_CONFIG_DIR / f"{name_or_path}.json"
+        if not path.is_file():
+            raise ValueError(f"unknown model config {name_or_path!r}; known: {', '.join(list_models())}")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read model config ({e})") from None
+    raw.setdefault("name", path.stem)
+    try:
+        return SLAPConfig.from_dict(raw)
+    except TypeError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+@dataclass
+class Batch:
+    """One training batch, as tensors (built by encoder.train's collate)."""
+
+    mel: torch.Tensor  # (B, 64, T) float32 normalised log-mel
+    lengths: torch.Tensor  # (B,) int64 valid frames
+    text_ids: torch.Tensor  # (B, L) int64 caption tokens, [CLS] ... [SEP], [PAD]
+    text_mask: torch.Tensor  # (B, L) int64
+    prompt_ids: torch.Tensor | None = None  # (P, Lp) class prompts for the frame loss
+    prompt_mask: torch.Tensor | None = None
+    frame_labels: torch.Tensor | None = None  # (B, C, P) {0, 1}: prompt p sounds in column c
+
+
+class PrototypeHead(nn.Module):
+    """Tokens -> prototype scores: MLP, L2-normalised bottleneck, cosine to K prototypes."""
+
+    def __init__(self, width: int, hidden: int, bottleneck: int, n_prototypes: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(width, hidden, bias=False), nn.GELU(), nn.Linear(hidden, bottleneck, bias=False))
+        self.prototypes = nn.Linear(bottleneck, n_prototypes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (M, D) -> (M, K)."""
+        return self.prototypes(F.normalize(self.mlp(x), dim=-1))
+
+
+def random_token_mask(lengths: torch.Tensor, n_tokens: int, ratio: float, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, N) bool: exactly round(ratio * valid) of each clip's valid tokens, chosen at random."""
+    valid_n = (lengths // PATCH_FRAMES) * FREQ_PATCHES  # (B,)
+    scores = torch.rand(lengths.shape[0], n_tokens, generator=generator)
+    idx = torch.arange(n_tokens)
+    scores = torch.where(idx[None] < valid_n[:, None], scores, 2.0)  # padding never chosen
+    rank = scores.argsort(1).argsort(1)
+    return rank < (valid_n.float() * ratio).round().long()[:, None]
+
+
+class SLAP(nn.Module):
+    def __init__(self, cfg: SLAPConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.audio = AudioEncoder(cfg.audio)
+        self.text = TextTower(cfg.text, cfg.audio.embed_dim)
+        self.decoder = CaptionDecoder(cfg.decoder, cfg.audio.width)
+        s = cfg.ssl
+        self.student_head = PrototypeHead(cfg.audio.width, s.head_hidden, s.head_bottleneck, s.n_prototypes)
+        self.teacher = nn.ModuleDict({"audio": copy.deepcopy(self.audio), "head": copy.deepcopy(self.student_head)})
+        self.teacher.requires_grad_(False)
+        self.clap_loss = ContrastiveLoss()
+        self.ssl_loss = MaskedPredictionLoss(s.n_prototypes, s.student_temp, s.teacher_temp, s.center_momentum)
+        self.caption_loss = CaptionLoss(self.text.pad_id)
+        self.frame_loss = FrameLoss()
+
+    def encode_audio(self, mel: torch.Tensor, lengths: torch.Tensor) -> AudioOutput:
+        return self.audio(mel, lengths)
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.text(ids, mask)
+
+    def forward(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """All loss terms of one batch and their weighted sum under "loss"."""
+        B = batch.mel.shape[0]
+        n_tokens = (batch.mel.shape[-1] // PATCH_FRAMES) * FREQ_PATCHES
+        n_masked = int(round(B * self.cfg.ssl.masked_clip_fraction))
+        token_mask = random_token_mask(batch.lengths, n_tokens, self.cfg.ssl.mask_ratio, generator)
+        token_mask[n_masked:] = False
+        student = self.audio.forward_packed(batch.mel, batch.lengths, token_mask, self.cfg.row_tokens)
+
+        terms = self.clap_loss(student.global_emb, self.text(batch.text_ids, batch.text_mask))
+
+        with torch.no_grad():
+            self.teacher.eval()
+            t_out = self.teacher["audio"].forward_packed(batch.mel[:n_masked], batch.lengths[:n_masked], None, self.cfg.row_tokens)
+            t_scores = self.teacher["head"](t_out.tokens[token_mask[:n_masked]])
+        s_scores = self.student_head(student.tokens[:n_masked][token_mask[:n_masked]])
+        terms |= self.ssl_loss(s_scores, t_scores)
+
+        logits = self.decoder(batch.text_ids[:, :-1], student.tokens, student.token_valid)
+        terms |= self.caption_loss(logits, batch.text_ids[:, 1:])
+
+        if batch.prompt_ids is not None and batch.frame_labels is not None:
+            prompts = self.text(batch.prompt_ids, batch.prompt_mask)
+            labels = batch.frame_labels[:, : student.columns.shape[1]]
+            terms |= self.frame_loss(student.columns, student.column_valid, prompts, labels)
+
+        w = asdict(self.cfg.loss_weights)
+        terms["loss"] = sum(w[k] * v for k, v in terms.items())
+        return terms
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """teacher <- momentum * teacher + (1 - momentum) * student."""
+        for student, teacher in ((self.audio, self.teacher["audio"]), (self.student_head, self.teacher["head"])):
+            for ps, pt in zip(student.parameters(), teacher.parameters()):
+                pt.lerp_(ps.detach(), 1.0 - momentum)
+
+    def param_counts(self) -> dict[str, int]:
+        return {
+            "audio encoder": count_params(self.audio),
+            "text tower": count_params(self.text),
+            "text tower (trainable)": sum(p.numel() for p in self.text.parameters() if p.requires_grad),
+            "caption decoder": count_params(self.decoder),
+            "ssl heads (student)": count_params(self.student_head),
+        }
+
+
+def create_model(name_or_path: str = "slap-tiny") -> SLAP:
+    return SLAP(get_config(name_or_path))
