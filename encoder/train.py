@@ -1,0 +1,279 @@
+"""Single-stage SLAP training: contrastive + EMA-teacher masked prediction + captioning + frame loss.
+
+One process:      python main.py train --corpus cache/corpus --out runs/tiny
+Data parallel:    torchrun --nnodes N --nproc_per_node M -m encoder.train --corpus ... --out ...
+                  (gloo on CPU, nccl on GPU; rank 0 logs and writes checkpoints)
+Resumes from `<out>/ckpt.pt` when it exists, so a long run survives session ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from encoder.checkpoint import save_training_checkpoint, save_weights
+from encoder.frontend import FRAMES_PER_SECOND, PATCH_FRAMES, log_mel
+from encoder.slap import SLAP, Batch, get_config
+
+
+@dataclass
+class TrainConfig:
+    model: str = "slap-tiny"
+    corpus: str = "cache/corpus"
+    out: str = "runs/slap-tiny"
+    steps: int = 3000
+    batch_size: int = 32  # per rank
+    lr: float = 5e-4  # the paper: 1e-4 at batch 2048; small models at small batch take more
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 200  # the paper: 2,000 of ~100k steps
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    max_seconds: float = 10.0  # random crop: CPU compute grows with length; eval sees whole clips
+    n_prompts: int = 48  # class prompts per batch for the frame loss: the batch's classes + random negatives
+    spec_freq_masks: int = 2
+    spec_freq_width: int = 8  # mel bins
+    spec_time_masks: int = 2
+    spec_time_width: int = 40  # frames (0.4 s)
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 100
+    threads: int = 0  # torch intra-op threads per rank; 0 = leave torch's default
+
+
+# --- data ------------------------------------------------------------------------------
+
+
+def frame_labels(events: list[dict], label_index: dict[str, int], n_frames: int, offset_frames: int) -> np.ndarray:
+    """(C, n_classes) {0,1}: class k sounds during 160 ms column c of the crop starting at offset_frames."""
+    n_cols = n_frames // PATCH_FRAMES
+    y = np.zeros((n_cols, len(label_index)), np.float32)
+    for ev in events:
+        k = label_index.get(ev["label"])
+        if k is None:
+            continue
+        a = (ev["onset_s"] * FRAMES_PER_SECOND - offset_frames) / PATCH_FRAMES
+        b = (ev["offset_s"] * FRAMES_PER_SECOND - offset_frames) / PATCH_FRAMES
+        lo, hi = max(int(math.floor(a)), 0), min(int(math.ceil(b)), n_cols)
+        if hi > lo:
+            y[lo:hi, k] = 1.0
+    return y
+
+
+class ClipSampler:
+    """Random crops of corpus clips as (log-mel, caption, frame labels), seeded per rank."""
+
+    def __init__(self, corpus, split: str, cfg: TrainConfig, rank: int):
+        self.corpus = corpus
+        self.clips = corpus.clips(split)
+        if not self.clips:
+            raise ValueError(f"{corpus.root}: no clips in split {split!r}")
+        self.labels = sorted(corpus.classes)
+        self.label_index = {lab: i for i, lab in enumerate(self.labels)}
+        self.prompts = [corpus.classes[lab][0] for lab in self.labels]  # first name is the prompt
+        self.cfg = cfg
+        self.rng = np.random.default_rng(cfg.seed * 1000 + rank)
+
+    def example(self, clip) -> tuple[np.ndarray, str, np.ndarray]:
+        audio = self.corpus.audio(clip)
+        mel = log_mel(audio)
+        max_frames = int(self.cfg.max_seconds * FRAMES_PER_SECOND)
+        off = 0
+        if mel.shape[1] > max_frames:
+            off = int(self.rng.integers(0, (mel.shape[1] - max_frames) // PATCH_FRAMES + 1)) * PATCH_FRAMES
+            mel = mel[:, off : off + max_frames]
+        caption = clip.captions[int(self.rng.integers(len(clip.captions)))]
+        return mel, caption, frame_labels(clip.events, self.label_index, mel.shape[1], off)
+
+    def batch(self, size: int) -> list[tuple[np.ndarray, str, np.ndarray]]:
+        idx = self.rng.choice(len(self.clips), size=size, replace=len(self.clips) < size)
+        return [self.example(self.clips[i]) for i in idx]
+
+
+def spec_augment(mel: np.ndarray, n_frames: int, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """SpecAugment: zero (the normalised scale's mid-level) bands of mel bins and runs of frames."""
+    mel = mel.copy()
+    for _ in range(cfg.spec_freq_masks):
+        w = int(rng.integers(0, cfg.spec_freq_width + 1))
+        f0 = int(rng.integers(0, mel.shape[0] - w + 1))
+        mel[f0 : f0 + w, :n_frames] = 0.0
+    for _ in range(cfg.spec_time_masks):
+        w = int(rng.integers(0, min(cfg.spec_time_width, max(n_frames // 5, 1)) + 1))
+        t0 = int(rng.integers(0, max(n_frames - w, 0) + 1))
+        mel[:, t0 : t0 + w] = 0.0
+    return mel
+
+
+def collate(examples, tower, sampler: ClipSampler, cfg: TrainConfig, augment: bool = True) -> Batch:
+    """Pad to the longest crop (a whole number of columns); pick the batch's prompts."""
+    lengths = [ex[0].shape[1] // PATCH_FRAMES * PATCH_FRAMES for ex in examples]
+    T = max(lengths)
+    mel = np.zeros((len(examples), examples[0][0].shape[0], T), np.float32)
+    for i, (m, _, _) in enumerate(examples):
+        m = m[:, : lengths[i]]
+        mel[i, :, : lengths[i]] = spec_augment(m, lengths[i], cfg, sampler.rng) if augment else m
+    ids, mask = tower.tokenize([ex[1] for ex in examples])
+    present = sorted({int(k) for ex in examples for k in np.flatnonzero(ex[2].any(0))})
+    others = [k for k in range(len(sampler.labels)) if k not in set(present)]
+    n_neg = max(cfg.n_prompts - len(present), 0)
+    chosen = present + [int(k) for k in sampler.rng.permutation(others)[:n_neg]]
+    p_ids, p_mask = tower.tokenize([sampler.prompts[k] for k in chosen])
+    C = T // PATCH_FRAMES
+    labels = np.zeros((len(examples), C, len(chosen)), np.float32)
+    for i, (_, _, y) in enumerate(examples):
+        labels[i, : y.shape[0]] = y[:C][:, chosen]
+    return Batch(
+        mel=torch.from_numpy(mel), lengths=torch.tensor(lengths), text_ids=ids, text_mask=mask,
+        prompt_ids=p_ids, prompt_mask=p_mask, frame_labels=torch.from_numpy(labels),
+    )
+
+
+# --- schedules ---------------------------------------------------------------------------
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min((step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1), 1.0)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def ema_momentum_at(step: int, total: int, start: float, end: float) -> float:
+    """Cosine from start to end over training (DINO's teacher schedule)."""
+    return end - (end - start) * 0.5 * (1 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
+
+
+def configure_optimizer(model: SLAP, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay only on matrices (dim >= 2), never on norms, scales or biases."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, corpus=None, on_step=None) -> dict:
+    """Run (or resume) training; `corpus` defaults to Corpus(cfg.corpus); `on_step(step, model)` is
+    called after every optimizer step (tests use it to compare ranks)."""
+
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    if ddp:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        rank, world = 0, 1
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    master = rank == 0
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    out = Path(cfg.out)
+
+    if corpus is None:
+        from encoder.data.dataset import Corpus
+
+        corpus = Corpus(cfg.corpus)
+    model = SLAP(get_config(cfg.model)).to(device)
+    opt = configure_optimizer(model, cfg)
+    step = 0
+    ckpt_path = out / "ckpt.pt"
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+        if master:
+            print(f"resumed from {ckpt_path} at step {step}", file=sys.stderr)
+    sampler = ClipSampler(corpus, "train", cfg, rank)
+    sampler.rng = np.random.default_rng([cfg.seed, rank, step])  # a resumed run does not replay batches
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank * 104729 + step)
+    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else model
+
+    if master:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    log = open(out / "log.jsonl", "a") if master else None
+    bar = None
+    if master:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, file=sys.stderr)
+    t0, clips_seen = time.time(), 0
+    history = []
+    model.train()
+    while step < cfg.steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        batch = collate(sampler.batch(cfg.batch_size), model.text, sampler, cfg)
+        batch = Batch(**{f.name: (getattr(batch, f.name).to(device) if getattr(batch, f.name) is not None else None)
+                         for f in fields(Batch)})
+        terms = net(batch, generator=gen)
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        model.update_teacher(ema_momentum_at(step, cfg.steps, model.cfg.ssl.ema_start, model.cfg.ssl.ema_end))
+        step += 1
+        if on_step is not None:
+            on_step(step, model)
+        clips_seen += cfg.batch_size * world
+        row = {k: round(v.item(), 4) for k, v in terms.items()} | {"step": step, "lr": lr_at(step - 1, cfg),
+                                                                      "grad_norm": round(float(gnorm), 3)}
+        history.append(row)
+        if master:
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                row["clips_per_s"] = round(clips_seen / (time.time() - t0), 2)
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                bar.set_postfix({k: row[k] for k in ("loss", "clap", "ssl", "caption", "frame") if k in row})
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                save_training_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                                     "step": step, "config": model.cfg.to_dict(), "train": asdict(cfg)})
+                save_weights(model, out / "model.safetensors", extra={"step": step})
+    if master:
+        bar.close()
+        log.close()
+    summary = {"steps": step, "wall_s": round(time.time() - t0, 1),
+               "clips_per_s": round(clips_seen / max(time.time() - t0, 1e-9), 2), "history": history}
+    if ddp:
+        dist.destroy_process_group()
+    return summary
+
+
+def parse_args(argv: list[str] | None) -> TrainConfig:
+    p = argparse.ArgumentParser(prog="main.py train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(TrainConfig):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    return TrainConfig(**vars(p.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    try:
+        summary = train(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"main.py train: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
