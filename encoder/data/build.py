@@ -1,0 +1,310 @@
+"""Build the training corpus: source library -> source-held-out splits -> mixed clips -> shards.
+
+    python -m encoder.data.build [--out DIR] [--hours H] [--seed S] [--tiny]
+
+Layout of the output folder:
+    shard-00000.npy ...   int16 16 kHz mono audio of consecutive clips (np.load(mmap_mode="r"))
+    manifest.jsonl        one clip a line: id, shard, offset, n_samples, duration_s, captions,
+                          labels, events [{label, onset_s, offset_s}], source_ids, split, background
+    classes.json          class -> names (caption phrases), prompts, group, source counts per split
+    build_info.json       config, counts, hours, sources with licences, build time
+
+Source libraries are cached under cache/sources/library by a hash of their recipe, and the
+downloaded .debs under cache/sources/debs, so a rebuild only redoes what changed. The corpus is
+written to a temporary folder and renamed when complete; a finished corpus with the same config
+is left as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import packs, render
+from .captions import make_captions
+from .labels import CLASSES
+from .mix import Mixer
+from .sources import SAMPLE_RATE, Library, assign_splits, stable_hash
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUILD_VERSION = 1  # bump when the output of an unchanged config changes
+
+
+@dataclass
+class BuildConfig:
+    out: Path = REPO_ROOT / "cache" / "corpus"
+    cache: Path = REPO_ROOT / "cache" / "sources"  # debs, rendered libraries, YAMNet model
+    hours: float = 3.0  # total clip audio, train + dev
+    seed: int = 0
+    tiny: bool = False  # fluidsynth + espeak only, a few minutes of clips: for CI
+    dev_fraction: float = 0.1  # share of source recordings (and of clips) held out as dev
+    variants: int = 6  # fluidsynth renders per preset (pitch, velocity, length vary)
+    speech_per_voice: int = 3  # utterances per TTS voice and style
+    packs: tuple[str, ...] | None = None  # Debian packs to use; None = all of packs.PACKS
+    yamnet_threshold: float = 0.55  # mean patch score needed to keep a YAMNet pseudo-label
+    captions_per_clip: int = 4
+    shard_mb: int = 64  # int16 audio per shard file
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        self.out, self.cache = Path(self.out), Path(self.cache)
+        if self.tiny:
+            self.packs = ()
+        if not 0.0 <= self.dev_fraction < 1.0:
+            raise ValueError(f"dev_fraction must be in [0, 1), got {self.dev_fraction}")
+        if self.hours <= 0:
+            raise ValueError(f"hours must be > 0, got {self.hours}")
+
+    @classmethod
+    def tiny_config(cls, **kw) -> BuildConfig:
+        """A few minutes of clips from one render per preset and a few voices (CI sized)."""
+        return cls(**{"hours": 0.1, "tiny": True, "variants": 1, "speech_per_voice": 1, **kw})
+
+    def pack_specs(self) -> list[packs.PackSpec]:
+        if self.packs is None:
+            return list(packs.PACKS)
+        known = {p.deb: p for p in packs.PACKS}
+        unknown = set(self.packs) - set(known)
+        if unknown:
+            raise ValueError(f"unknown sample packs: {sorted(unknown)}; known: {sorted(known)}")
+        return [known[d] for d in self.packs]
+
+    def corpus_key(self) -> str:
+        d = {k: v for k, v in asdict(self).items() if k not in ("out", "cache", "workers")}
+        return stable_hash(BUILD_VERSION, json.dumps(d, sort_keys=True, default=str))
+
+
+def _cached(stem: Path, make: Callable[[], Library]) -> Library:
+    if Library.cached(stem):
+        return Library.load(stem)
+    lib = make()
+    lib.save(stem)
+    return lib
+
+
+def collect_sources(cfg: BuildConfig) -> tuple[Library, dict]:
+    """The merged source library of all backends, and per-backend stats for build_info."""
+    libdir = cfg.cache / "library"
+    stats: dict = {}
+    recipes = [render.make_recipe(p, v, cfg.seed) for p in render.list_presets()
+               for v in range(cfg.variants)]
+    with tqdm(total=len(recipes), desc="fluidsynth", unit="render", leave=False) as bar:
+        fluid = _cached(libdir / f"fluidsynth-{stable_hash(*(r for r in recipes))}",
+                        lambda: render.render_fluidsynth(recipes, cfg.workers, bar.update))
+    speech = render.speech_recipes(cfg.speech_per_voice, cfg.seed, tiny=cfg.tiny)
+    with tqdm(total=len(speech), desc="speech", unit="utt", leave=False) as bar:
+        tts = _cached(libdir / f"speech-{stable_hash(*(r for r in speech))}",
+                      lambda: render.render_speech(speech, cfg.workers, bar.update))
+    merged = Library()
+    for lib in (fluid, tts):
+        merged.extend(lib)
+
+    specs = cfg.pack_specs()
+    if specs:
+        yam = packs.YamNet(cfg.cache)
+
+        def one(spec: packs.PackSpec) -> Library:
+            key = stable_hash(spec, packs.LABEL_RULES, cfg.yamnet_threshold, packs.MAX_ITEM_S)
+            stem = libdir / f"pack-{spec.deb}-{key}"
+            stats_path = stem.with_suffix(".stats.json")
+
+            def make() -> Library:
+                lib, st = packs.build_pack(spec, cfg.cache / "debs", yam, cfg.yamnet_threshold)
+                stats_path.parent.mkdir(parents=True, exist_ok=True)
+                stats_path.write_text(json.dumps(st))
+                return lib
+
+            lib = _cached(stem, make)
+            stats[f"pack:{spec.deb}"] = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+            return lib
+
+        with ThreadPoolExecutor(cfg.workers) as pool, \
+                tqdm(total=len(specs), desc="sample packs", unit="deb", leave=False) as bar:
+            for lib in pool.map(one, specs):
+                merged.extend(lib)
+                bar.update(1)
+    return merged, stats
+
+
+class ShardWriter:
+    """Appends int16 clips to shard-XXXXX.npy files of about `max_samples` samples each."""
+
+    def __init__(self, out: Path, max_samples: int) -> None:
+        self.out, self.max_samples = out, max_samples
+        self.index, self.chunks, self.n = 0, [], 0
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.index:05d}.npy"
+
+    def add(self, audio16: np.ndarray) -> tuple[str, int]:
+        """Store a clip; returns (shard file name, offset in samples)."""
+        if self.n and self.n + len(audio16) > self.max_samples:
+            self.flush()
+        where = (self.name, self.n)
+        self.chunks.append(audio16)
+        self.n += len(audio16)
+        return where
+
+    def flush(self) -> None:
+        if self.chunks:
+            np.save(self.out / self.name, np.concatenate(self.chunks))
+            self.index, self.chunks, self.n = self.index + 1, [], 0
+
+
+def _class_table(lib: Library, split_of: dict[str, str]) -> dict:
+    table = {}
+    for label in sorted({it.label for it in lib.items}):
+        c = CLASSES[label]
+        sids = {it.source_id for it in lib.items if it.label == label}
+        table[label] = {
+            "names": list(c.phrases()),
+            "prompts": [f"the sound of {n}" for n in c.names],
+            "group": c.group,
+            "countable": c.countable,
+            "ambience": c.ambience,
+            "sources": {s: sum(split_of[x] == s for x in sids) for s in ("train", "dev")},
+            "items": sum(it.label == label for it in lib.items),
+        }
+    return table
+
+
+def _source_summary(lib: Library, split_of: dict[str, str]) -> dict:
+    out: dict = {}
+    for it in lib.items:
+        b = out.setdefault(it.backend, {"licence": it.licence, "items": 0, "seconds": 0.0,
+                                        "source_ids": set(), "labels": set()})
+        b["items"] += 1
+        b["seconds"] += it.n_samples / SAMPLE_RATE
+        b["source_ids"].add(it.source_id)
+        b["labels"].add(it.label)
+    for b in out.values():
+        b["dev_source_ids"] = sum(split_of[s] == "dev" for s in b["source_ids"])
+        b["source_ids"] = len(b["source_ids"])
+        b["labels"] = sorted(b["labels"])
+        b["seconds"] = round(b["seconds"], 1)
+    return out
+
+
+def build_corpus(cfg: BuildConfig) -> Path:
+    """Build (or reuse) the corpus described by cfg; returns its folder."""
+    info_path = cfg.out / "build_info.json"
+    if info_path.exists() and json.loads(info_path.read_text()).get("key") == cfg.corpus_key():
+        print(f"corpus up to date: {cfg.out}", file=sys.stderr)
+        return cfg.out
+    t0 = time.time()
+    lib, pack_stats = collect_sources(cfg)
+    split_of = assign_splits(lib.items, cfg.dev_fraction, cfg.seed)
+    mixer = Mixer(lib, split_of)
+    has_dev = bool(mixer.labels("dev"))
+
+    tmp = cfg.out.with_name(cfg.out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    writer = ShardWriter(tmp, cfg.shard_mb * 2**20 // 2)
+    target_s = cfg.hours * 3600
+    total_s, counts, seconds = 0.0, Counter(), Counter()
+    label_counts: Counter = Counter()
+    with open(tmp / "manifest.jsonl", "w") as manifest, \
+            tqdm(total=round(target_s), desc="mixing clips", unit="s") as bar:
+        i = 0
+        while total_s < target_s:
+            rng = random.Random(stable_hash(cfg.seed, "clip", i))
+            split = "dev" if has_dev and rng.random() < cfg.dev_fraction else "train"
+            clip = mixer.make_clip(rng, split)
+            audio16 = np.round(np.clip(clip.audio, -1, 1) * 32767).astype(np.int16)
+            shard, offset = writer.add(audio16)
+            dur = len(audio16) / SAMPLE_RATE
+            record = {
+                "id": f"{split}-{i:07d}",
+                "shard": shard,
+                "offset": offset,
+                "n_samples": len(audio16),
+                "duration_s": round(dur, 3),
+                "captions": make_captions(rng, clip.events, clip.background, cfg.captions_per_clip),
+                "labels": clip.labels,
+                "events": clip.all_events,
+                "source_ids": clip.source_ids,
+                "split": split,
+                "background": {k: v for k, v in clip.background.items()},
+            }
+            manifest.write(json.dumps(record) + "\n")
+            counts[split] += 1
+            seconds[split] += dur
+            label_counts.update(clip.labels)
+            total_s += dur
+            bar.update(round(total_s) - bar.n)
+            i += 1
+    writer.flush()
+
+    (tmp / "classes.json").write_text(json.dumps(_class_table(lib, split_of), indent=1))
+    info = {
+        "key": cfg.corpus_key(),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "sample_rate": SAMPLE_RATE,
+        "clips": dict(counts),
+        "hours": {k: round(v / 3600, 4) for k, v in seconds.items()},
+        "n_classes": len({it.label for it in lib.items}),
+        "clips_per_label": dict(sorted(label_counts.items())),
+        "source_items": len(lib.items),
+        "source_ids": {s: sum(v == s for v in split_of.values()) for s in ("train", "dev")},
+        "sources": _source_summary(lib, split_of),
+        "pack_stats": pack_stats,
+        "build_seconds": round(time.time() - t0, 1),
+    }
+    (tmp / "build_info.json").write_text(json.dumps(info, indent=1))
+    if cfg.out.exists():
+        shutil.rmtree(cfg.out)
+    os.replace(tmp, cfg.out)
+    return cfg.out
+
+
+def parse_args(argv: list[str] | None) -> BuildConfig:
+    p = argparse.ArgumentParser(prog="python -m encoder.data.build", description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=BuildConfig.out, help="corpus folder (default: %(default)s)")
+    p.add_argument("--cache", type=Path, default=BuildConfig.cache, help="source cache folder")
+    p.add_argument("--hours", type=float, default=None, help="total clip hours (default 3; tiny 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help="CI corpus: fluidsynth + espeak only, minutes")
+    p.add_argument("--packs", nargs="*", default=None, help="Debian sample packs (default: all)")
+    p.add_argument("--variants", type=int, default=None, help="fluidsynth renders per preset")
+    p.add_argument("--workers", type=int, default=2)
+    a = p.parse_args(argv)
+    kw = {"out": a.out, "cache": a.cache, "seed": a.seed, "workers": a.workers}
+    if a.hours is not None:
+        kw["hours"] = a.hours
+    if a.variants is not None:
+        kw["variants"] = a.variants
+    if a.packs is not None:
+        kw["packs"] = tuple(a.packs)
+    return BuildConfig.tiny_config(**kw) if a.tiny else BuildConfig(**kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_args(argv)
+        out = build_corpus(cfg)
+    except (render.ToolMissing, RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    info = json.loads((out / "build_info.json").read_text())
+    print(f"{out}: {sum(info['clips'].values())} clips, {sum(info['hours'].values()):.2f} h, "
+          f"{info['n_classes']} classes, built in {info['build_seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

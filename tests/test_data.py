@@ -1,0 +1,223 @@
+"""Training-corpus builder: splits held out by recording, exact events, captions, reader round trip.
+
+One tiny corpus (fluidsynth + espeak only) is built per module into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import struct
+import time
+
+import numpy as np
+import pytest
+
+from encoder.data import build, render
+from encoder.data.captions import make_captions
+from encoder.data.dataset import Corpus
+from encoder.data.labels import CLASSES, phrases
+from encoder.data.midi import Note, Part, midi_bytes
+from encoder.data.packs import label_from_path, recording_id
+from encoder.data.sources import SourceItem, assign_splits
+
+needs_synth = pytest.mark.skipif(
+    shutil.which("fluidsynth") is None or shutil.which("espeak-ng") is None
+    or not render.GM_SF2.exists(), reason="needs fluidsynth, fluid-soundfont-gm/gs and espeak-ng")
+MIN_TINY_CLASSES = 60  # classes with source sounds in the tiny build
+MIN_TINY_LABELS_USED = 30  # distinct labels that actually occur in its clips
+WIN = 480  # 30 ms
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus") / "tiny"
+    cache = tmp_path_factory.mktemp("sources")
+    rc = build.main(["--tiny", "--out", str(out), "--cache", str(cache), "--seed", "3"])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(corpus_dir):
+    return Corpus(corpus_dir)
+
+
+@pytest.fixture(scope="module")
+def records(corpus_dir):
+    with open(corpus_dir / "manifest.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+@needs_synth
+def test_dev_split_is_held_out_by_source(corpus):
+    train = {s for c in corpus.clips("train") for s in c.source_ids}
+    dev = {s for c in corpus.clips("dev") for s in c.source_ids}
+    assert corpus.clips("dev"), "the tiny build should have some dev clips"
+    assert not train & dev
+
+
+@needs_synth
+def test_durations_in_range(corpus):
+    d = np.array([c.duration_s for c in corpus])
+    assert d.min() >= 1.0 and d.max() <= 30.0
+    assert 2.0 <= np.median(d) <= 10.0  # skewed towards 2-10 s
+
+
+@needs_synth
+def test_events_lie_inside_their_clip(corpus):
+    for c in corpus:
+        assert c.events
+        for e in c.events:
+            assert e.label in CLASSES and e.label in c.labels
+            assert 0.0 <= e.onset_s < e.offset_s <= c.duration_s + 1e-3
+        assert set(c.labels) == {e.label for e in c.events}
+
+
+def _rms_db(x: np.ndarray) -> float:
+    return 10 * np.log10(np.mean(x.astype(np.float64) ** 2) + 1e-20)
+
+
+@needs_synth
+def test_events_match_audio_energy(corpus):
+    checked_silent = 0
+    for c in corpus:
+        audio = corpus.audio(c)
+        peak_db = 20 * np.log10(np.abs(audio).max())
+        fg = [e for e in c.events if not (c.background.get("kind") == "ambience"
+                                          and e.label == c.background["label"] and e.onset_s == 0.0)]
+        inside = np.zeros(len(audio), bool)
+        for e in fg:
+            a, b = round(e.onset_s * 16000), round(e.offset_s * 16000)
+            inside[a:b] = True
+            # Sound starts at the onset and is still there just before the offset.
+            assert _rms_db(audio[a : a + WIN]) > peak_db - 60, (c.id, e)
+            assert _rms_db(audio[max(a, b - WIN) : b]) > peak_db - 60, (c.id, e)
+        outside = audio[~inside]
+        if c.background["kind"] == "none":
+            if len(outside):
+                assert np.abs(outside).max() < 1e-3, c.id  # nothing sounds outside the events
+                checked_silent += 1
+        elif len(outside) > 8000:
+            assert _rms_db(audio[inside]) > _rms_db(outside), c.id
+    assert checked_silent > 0
+
+
+@needs_synth
+def test_every_caption_names_every_label(corpus):
+    for c in corpus:
+        assert len(c.captions) >= 2
+        for cap in c.captions:
+            low = cap.lower()
+            for label in c.labels:
+                assert any(p in low for p in phrases(label)), (cap, label)
+
+
+@needs_synth
+def test_manifest_round_trips_through_reader(corpus, records):
+    assert len(corpus) == len(records)
+    for r, c in zip(records, corpus, strict=True):
+        assert c.id == r["id"] and c.split == r["split"] and list(c.labels) == r["labels"]
+        assert [e.__dict__ for e in c.events] == r["events"]
+        x = corpus.audio(c)
+        assert x.dtype == np.float32 and x.shape == (r["n_samples"],) and np.abs(x).max() <= 1.0
+    # Clips tile their shards without overlap.
+    by_shard: dict[str, list] = {}
+    for c in corpus:
+        by_shard.setdefault(c.shard, []).append((c.offset, c.n_samples))
+    for spans in by_shard.values():
+        spans.sort()
+        assert all(a + n == b for (a, n), (b, _) in zip(spans, spans[1:], strict=False))
+    c0 = corpus.clips("train")[0]
+    y = corpus.frame_targets(c0)
+    assert y.shape == (len(corpus.labels), c0.n_samples // 160) and y.max() == 1.0
+
+
+@needs_synth
+def test_tiny_build_has_many_classes(corpus):
+    assert len(corpus.classes) >= MIN_TINY_CLASSES
+    assert len({lab for c in corpus for lab in c.labels}) >= MIN_TINY_LABELS_USED
+    for label, entry in corpus.classes.items():
+        assert entry["names"] == list(phrases(label))
+        assert entry["sources"]["train"] >= 1  # every class is trainable
+
+
+@needs_synth
+def test_build_info_and_idempotent_rebuild(corpus_dir, capsys):
+    info = json.loads((corpus_dir / "build_info.json").read_text())
+    assert info["hours"]["train"] > 0.03 and info["sources"]["fluidsynth"]["licence"]
+    before = (corpus_dir / "manifest.jsonl").stat().st_mtime
+    t = time.time()
+    rc = build.main(["--tiny", "--out", str(corpus_dir), "--cache", str(corpus_dir.parent / "x"),
+                     "--seed", "3"])
+    assert rc == 0 and time.time() - t < 5
+    assert (corpus_dir / "manifest.jsonl").stat().st_mtime == before
+
+
+# ------------------------------------------------------------ unit specifications
+
+
+def test_split_keeps_single_source_class_in_train():
+    items = [SourceItem(f"i{k}", "only-one", "dog", "x", "x") for k in range(3)]
+    items += [SourceItem(f"j{k}", f"voice{k}", "male_speech", "x", "x") for k in range(200)]
+    for seed in range(5):
+        split = assign_splits(items, dev_fraction=0.99, seed=seed)
+        assert split["only-one"] == "train"
+        assert any(split[f"voice{k}"] == "train" for k in range(200))
+    split = assign_splits(items, dev_fraction=0.1, seed=0)
+    n_dev = sum(split[f"voice{k}"] == "dev" for k in range(200))
+    assert 5 <= n_dev <= 40
+
+
+@pytest.mark.parametrize("path,label", [
+    ("usr/share/games/scorched3d/wav/misc/dog2.wav", "dog"),
+    ("ufoai/base/0snd.pk3/sound/misc/breakglass03.ogg", "glass_breaking"),
+    ("lincity-ng/sounds/SportsCroud2.wav", "crowd"),
+    ("sonic-pi/samples/misc_crow.flac", "crow"),
+    ("minetest/sounds/doors_door_close.ogg", "door_slam"),
+    ("wesnoth/1.16/data/core/sounds/human-die-2.ogg", "groan"),
+    ("wesnoth/1.16/data/core/sounds/ambient/campfire.ogg", "fire"),
+    ("sonic-pi/samples/drum_splash_soft.flac", "cymbal"),
+    ("freedesktop/stereo/audio-channel-front-left.oga", "-"),
+    ("widelands/data/sound/ingame_07.ogg", None),
+])
+def test_pack_labels_from_file_names(path, label):
+    assert label_from_path(path) == label
+
+
+def test_recording_id_groups_takes():
+    assert recording_id("p", "a/dog2.wav") == recording_id("p", "a/dog.wav") == "p:a/dog"
+    assert recording_id("p", "kit/Crash-Hard.wav") == recording_id("p", "kit/Crash-Soft.wav")
+    assert recording_id("p", "a/wolf-growl-3.ogg") != recording_id("p", "a/wolf-die-1.ogg")
+
+
+def test_midi_writer_structure():
+    data = midi_bytes([Part(0, 123, [Note(0.0, 1.0, 60, 100)], bank=1)], end_s=3.0)
+    assert data[:4] == b"MThd" and struct.unpack(">IHHH", data[4:14]) == (6, 0, 1, 480)
+    assert data[14:18] == b"MTrk" and struct.unpack(">I", data[18:22])[0] == len(data) - 22
+    body = data[22:]
+    assert bytes([0xB0, 0, 1]) in body and bytes([0xC0, 123]) in body
+    assert bytes([0x90, 60, 100]) in body and body.endswith(b"\xff\x2f\x00")
+
+
+def test_captions_count_and_order():
+    rng = random.Random(0)
+    events = [{"label": "dog", "onset_s": 0.5, "offset_s": 1.0},
+              {"label": "dog", "onset_s": 1.5, "offset_s": 2.0},
+              {"label": "door_slam", "onset_s": 3.0, "offset_s": 3.4}]
+    caps = make_captions(rng, events, {"kind": "ambience", "label": "rain"}, n=8)
+    assert any("twice" in c for c in caps)
+
+    def first(cap: str, label: str) -> int:
+        return min(cap.lower().find(p) for p in phrases(label) if p in cap.lower())
+
+    assert all(first(c, "dog") < first(c, "door_slam") for c in caps)
+    assert all(any(p in c.lower() for p in phrases("rain")) for c in caps)
+
+
+def test_missing_tool_is_one_clear_line(monkeypatch):
+    monkeypatch.setattr(render.shutil, "which", lambda name: None)
+    with pytest.raises(render.ToolMissing) as e:
+        render.require_tool("fluidsynth", "fluidsynth")
+    assert "\n" not in str(e.value) and "apt-get install fluidsynth" in str(e.value)
