@@ -1,0 +1,3 @@
+from streamer.capture.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""Command line: `python -m streamer.capture {mic,file,synth,net} --stream NAME [options]`.
+
+Exit codes: 0 done or stopped by SIGTERM/SIGINT; 1 the source failed while running;
+2 bad arguments, or the source (file, device, ffmpeg, schedule) cannot be opened.
+Errors are one line on stderr, never a traceback. Log lines go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from streamer.capture import file, mic, net, synth
+from streamer.capture.pusher import (
+    DEFAULT_FRAME_MS,
+    DEFAULT_LINGER_MS,
+    DEFAULT_SNDHWM,
+    MAX_FRAME_MS,
+    MIN_FRAME_MS,
+    SourceError,
+)
+from streamer.wire import WireError, validate_stream_id
+
+log = logging.getLogger("streamer.capture")
+
+WORKERS = {"mic": mic, "file": file, "synth": synth, "net": net}
+
+
+def _stream_id(text: str) -> str:
+    try:
+        return validate_stream_id(text)
+    except WireError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
+
+
+def _frame_ms(text: str) -> int:
+    value = int(text)
+    if not MIN_FRAME_MS <= value <= MAX_FRAME_MS:
+        raise argparse.ArgumentTypeError(f"must be {MIN_FRAME_MS}-{MAX_FRAME_MS} ms, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("engine connection")
+    g.add_argument(
+        "--endpoint", default="tcp://127.0.0.1:5555", help="engine PULL endpoint (default %(default)s)"
+    )
+    g.add_argument(
+        "--stream", type=_stream_id, help="stream id: 1-64 characters of [A-Za-z0-9_.-] (required)"
+    )
+    g.add_argument(
+        "--frame-ms", type=_frame_ms, default=DEFAULT_FRAME_MS, help="frame length (default %(default)s)"
+    )
+    g.add_argument(
+        "--format", choices=["int16", "float32"], default="int16", help="sample format on the wire"
+    )
+    g.add_argument("--sndhwm", type=int, default=DEFAULT_SNDHWM, help="frames queued for a slow engine")
+    g.add_argument(
+        "--linger-ms", type=int, default=DEFAULT_LINGER_MS, help="on stop, time to send queued frames"
+    )
+    g.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    parser = argparse.ArgumentParser(prog="python -m streamer.capture", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="worker", required=True, metavar="{mic,file,synth,net}")
+    for name, module in WORKERS.items():
+        summary = module.__doc__.split("\n")[0].split(": ", 1)[1]
+        p = sub.add_parser(
+            name,
+            parents=[common],
+            help=summary,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.stream is None and not getattr(args, "list_devices", False):
+        parser.error("--stream is required")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level,
+        format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        return args.module.run(args, stop)
+    except SourceError as e:
+        log.error("%s", str(e).replace("\n", " "))
+        return e.exit_code
