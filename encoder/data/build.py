@@ -117,7 +117,8 @@ def collect_sources(cfg: BuildConfig) -> tuple[Library, dict]:
         yam = packs.YamNet(cfg.cache)
 
         def one(spec: packs.PackSpec) -> Library:
-            key = stable_hash(spec, packs.LABEL_RULES, cfg.yamnet_threshold, packs.MAX_ITEM_S)
+            key = stable_hash(spec, packs.LIBRARY_VERSION, packs.LABEL_RULES, cfg.yamnet_threshold,
+                             packs.MAX_ITEM_S)
             stem = libdir / f"pack-{spec.deb}-{key}"
             stats_path = stem.with_suffix(".stats.json")
 

@@ -44,37 +44,39 @@ def _clause(label: str) -> str:
     return CLASSES[label].clause
 
 
-def _describe(rng: random.Random, g: LabelGroup, clause: bool = False) -> str:
-    """One label group as a phrase (a clause when `clause`), with its count when countable."""
+def _describe(rng: random.Random, g: LabelGroup, form: str = "any") -> str:
+    """One label group as a phrase, with its count when countable. form: "clause" ("a dog
+    barks"), "noun" ("a dog barking"; fits "the sound of ...") or "any"."""
+    if form == "any":
+        form = rng.choice(("clause", "noun"))
+    head = _clause(g.label) if form == "clause" else _name(rng, g.label)
     if g.count > 1 and CLASSES[g.label].countable:
         word = COUNT_WORDS.get(g.count, "several times")
-        if clause:
-            return f"{_clause(g.label)} {word}"
-        return rng.choice((f"{_clause(g.label)} {word}", f"{_name(rng, g.label)}, {word}"))
+        return f"{head} {word}" if form == "clause" else f"{head}, {word}"
     if g.count > 1:
-        if clause:
-            return f"{_clause(g.label)} repeatedly"
-        return rng.choice((f"{_clause(g.label)} repeatedly", f"{_name(rng, g.label)} again and again"))
-    return _clause(g.label) if clause else rng.choice((_clause(g.label), _name(rng, g.label)))
+        return f"{head} repeatedly" if form == "clause" else f"{head} again and again"
+    return head
 
 
 def _join(rng: random.Random, groups: list[LabelGroup]) -> str:
     if len(groups) == 1:
-        p = _describe(rng, groups[0])
-        return rng.choice((p, p, f"the sound of {_describe(rng, groups[0])}",
-                           f"{_describe(rng, groups[0])} can be heard"))
+        g = groups[0]
+        return rng.choice((_describe(rng, g, "clause"), _describe(rng, g, "noun"),
+                           f"the sound of {_describe(rng, g, 'noun')}",
+                           f"{_describe(rng, g, 'noun')} can be heard"))
     parts = [_describe(rng, g) for g in groups]
     pairs = zip(groups, groups[1:], strict=False)
     sequential = all(a.offset_s <= b.onset_s + 0.05 for a, b in pairs)
     if sequential and rng.random() < 0.8:
         if len(parts) == 2:
-            return rng.choice((f"{parts[0]}, then {parts[1]}", f"{parts[0]} followed by {parts[1]}",
-                               f"first {parts[0]}, then {parts[1]}"))
+            return rng.choice((f"{parts[0]}, then {parts[1]}", f"{parts[0]} followed by "
+                               f"{_describe(rng, groups[1], 'noun')}", f"first {parts[0]}, then {parts[1]}"))
         return ", then ".join(parts[:-1]) + f" and finally {parts[-1]}"
     if len(parts) == 2:
-        return rng.choice((f"{parts[0]} while {_describe(rng, groups[1], clause=True)}",
-                           f"{parts[0]} and {parts[1]}", f"{parts[0]} together with {parts[1]}",
-                           f"{parts[0]} as {_describe(rng, groups[1], clause=True)}"))
+        return rng.choice((f"{parts[0]} while {_describe(rng, groups[1], 'clause')}",
+                           f"{parts[0]} and {parts[1]}",
+                           f"{parts[0]} together with {_describe(rng, groups[1], 'noun')}",
+                           f"{parts[0]} as {_describe(rng, groups[1], 'clause')}"))
     return ", ".join(parts[:-1]) + f" and {parts[-1]}"
 
 

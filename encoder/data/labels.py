@@ -49,6 +49,8 @@ _TABLE = [
     _c("bees", "bees buzz", "bees buzzing|a swarm of bees", "animal", "a"),
     _c("elephant", "an elephant trumpets", "an elephant trumpeting|an elephant call", "animal", "c"),
     _c("cat", "a cat meows", "a cat meowing|meowing", "animal", "c"),
+    _c("goat", "a goat bleats", "a goat bleating|a bleating goat", "animal", "c"),
+    _c("lion", "a lion roars", "a lion roaring|a roaring lion", "animal", "c"),
     _c("deer", "a deer bellows", "a deer bellowing|a stag calling", "animal", "c"),
     # people
     _c("male_speech", "a man speaks", "a man speaking|male speech|a man talking", "human"),

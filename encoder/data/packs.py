@@ -37,6 +37,7 @@ class PackSpec:
     licence: str
     include: str  # regex over tar member paths: what to read
     exclude: str = r"/music/|/doc/"
+    inner: str = ""  # regex over members of an archive (.zip/.pk3) in the deb; "" = all audio
 
 
 PACKS = (
@@ -59,7 +60,11 @@ PACKS = (
              r"megaglest/(tilesets/[^/]+/sounds|techs/megapack/commondata/sounds|data/core/water_sounds|"
              r"techs/megapack/factions/[^/]+/units/(chicken|sheep|bull|elephant|wild_sow|beehive|"
              r"horseman|swordman|worker|technician|archer)/sounds)/.*\.(wav|ogg)$"),
+    PackSpec("0ad-data", "CC-BY-SA-3.0", r"0ad/mods/public/public\.zip$",
+             inner=r"^audio/(actor/fauna/(animal|death)|ambient/(weather|water|dayscape|building)|"
+                   r"resource|actor/singlesteps|attack)/"),
 )
+LIBRARY_VERSION = 2  # part of each pack library's cache key: bump when labelling code changes
 
 # (regex over the normalised path "words separated by spaces", label); the first match wins.
 # Order matters: specific phrases before the generic words they contain.
@@ -70,7 +75,15 @@ LABEL_RULES: tuple[tuple[str, str], ...] = (
     (r"drum (splash|cymbal)|drumkits .*splash", "cymbal"),
     (r"^\d+ (big )?crash\b", "car_crash"),
     (r"ship horn|ferry horn|foghorn", "ship_horn"),
-    (r"crashing tree|falling tree", "wood_chopping"),
+    (r"chainsaw", "chainsaw"),
+    (r"jackhammer|pneumatic drill|air hammer", "jackhammer"),
+    (r"crashing tree|falling tree|lumber", "wood_chopping"),
+    (r"\bmine (stone|metal)\b|mining", "digging"),
+    (r"\bcon (wood|stone)\b", "hammering"),
+    (r"shield metal", "sword"),
+    (r"wind ?gust|windleaves|windstorm|snowstorm", "wind"),
+    (r"\bgoats?\b", "goat"),
+    (r"\blion\b", "lion"),
     (r"stonecutt|stonemason|stonegrind", "hammering"),
     (r"\b(break ?glass|glass break|shatter)", "glass_breaking"),
     (r"\bcrossbow|\bbow\b|arrow|\bdart\b", "arrow"),
@@ -132,15 +145,13 @@ LABEL_RULES: tuple[tuple[str, str], ...] = (
     (r"metronome", "metronome"),
     (r"anvil|blacksmith", "anvil"),
     (r"hammer|smith", "hammering"),
-    (r"chainsaw", "chainsaw"),
-    (r"jackhammer|drill", "jackhammer"),
     (r"\bsaw\b|sawing|sawmill|benchsaw", "sawing"),
     (r"woodcutting|chop|\bcutting\b|tree falling", "wood_chopping"),
     (r"\bdig\b|\bdigging\b|shovel|pickaxe|gravel dig|worker mine", "digging"),
     (r"cash|register|\btill\b|\bcoins?\b|\bgold\b", "cash_register"),
     (r"vinyl|scratch", "vinyl_scratch"),
     (r"machinegun|machine gun|chaingun|\bsmg\b|\bhmg\b|minigun", "machine_gun"),
-    (r"gunshot|shotgun|pistol|rifle|sniper|\bgun\b|thunderstick|cannon", "gunshot"),
+    (r"gunshot|shotgun|pistol|rifle|sniper|musket|\bgun\b|thunderstick|cannon", "gunshot"),
     (r"explo|\bbomb|\bboom\b|cineboom|tnt explode|nuclear", "explosion"),
     (r"sword|\bblade\b|clash|dagger|\bknife\b", "sword"),
     (r"laser", "laser"),
@@ -187,7 +198,7 @@ def normalise_path(path: str) -> str:
 def label_from_path(path: str) -> str | None:
     """Class label from a pack member path using LABEL_RULES, or None. Inside an archive only the
     member's own path counts (the archive's name, e.g. "opensfx.cat", says nothing)."""
-    words = normalise_path(re.split(r"\.(?:cat|pk3)/", path)[-1])
+    words = normalise_path(re.split(r"\.(?:cat|pk3|zip)/", path)[-1])
     for rx, label in _COMPILED:
         if rx.search(words):
             return label
@@ -196,7 +207,7 @@ def label_from_path(path: str) -> str | None:
 
 def recording_id(deb: str, path: str) -> str:
     """source_id of a pack file: its path without take numbers or velocity-layer suffixes."""
-    stem = re.sub(r"\.[a-z0-9]+$", "", path.lower())
+    stem = re.sub(r"^usr/share/(games/)?", "", re.sub(r"\.[a-z0-9]+$", "", path.lower()))
     prev = None
     while prev != stem:
         prev = stem
@@ -219,8 +230,9 @@ def fetch_deb(name: str, debs_dir: Path) -> Path:
     return found[-1]
 
 
-def iter_deb_members(deb: Path, spec: PackSpec) -> Iterator[tuple[str, bytes]]:
-    """(path, bytes) of the deb's data members matching the spec, read without unpacking to disk."""
+def iter_deb_members(deb: Path, spec: PackSpec, spool_dir: Path) -> Iterator[tuple[str, bytes | Path]]:
+    """(path, content) of the deb's data members matching the spec, read without unpacking the deb.
+    Archives (.zip) come as a temporary file in spool_dir (0ad's is 3 GB), others as bytes."""
     if shutil.which("dpkg") is None:
         raise RuntimeError("dpkg not found: cannot read .deb sample packs")
     inc, exc = re.compile(spec.include), re.compile(spec.exclude)
@@ -229,17 +241,31 @@ def iter_deb_members(deb: Path, spec: PackSpec) -> Iterator[tuple[str, bytes]]:
         for m in tar:
             if m.isfile() and inc.search(m.name) and not exc.search(m.name):
                 f = tar.extractfile(m)
-                if f is not None:
+                if f is None:
+                    continue
+                if m.name.endswith(".zip"):
+                    spool_dir.mkdir(parents=True, exist_ok=True)
+                    tmp = spool_dir / f"{deb.stem}.zip.tmp"
+                    with open(tmp, "wb") as out:
+                        shutil.copyfileobj(f, out, 2**22)
+                    try:
+                        yield m.name.lstrip("./"), tmp
+                    finally:
+                        tmp.unlink(missing_ok=True)
+                else:
                     yield m.name.lstrip("./"), f.read()
     proc.wait()
 
 
-def expand_container(path: str, data: bytes) -> Iterator[tuple[str, bytes]]:
-    """Audio files inside archives: Quake-style .pk3 (zip) and OpenTTD's opensfx.cat."""
-    if path.endswith(".pk3"):
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
+def expand_container(path: str, data: bytes | Path, inner: str = "") -> Iterator[tuple[str, bytes]]:
+    """Audio files inside archives: .zip, Quake-style .pk3 (zip) and OpenTTD's opensfx.cat.
+    inner: regex an archive member must match."""
+    if path.endswith((".pk3", ".zip")):
+        rx = re.compile(inner) if inner else None
+        with zipfile.ZipFile(data if isinstance(data, Path) else io.BytesIO(data)) as z:
             for name in z.namelist():
-                if name.lower().endswith(AUDIO_EXT) and not name.startswith(("sound/music", "music/")):
+                if (name.lower().endswith(AUDIO_EXT) and "music/" not in name
+                        and (rx is None or rx.search(name))):
                     yield f"{path}/{name}", z.read(name)
     elif path.endswith(".cat"):
         # Table of (uint32 offset | 0x80000000 flag, uint32 size); entry = name length byte,
@@ -303,8 +329,8 @@ def build_pack(spec: PackSpec, debs_dir: Path, yamnet: YamNet | None, threshold:
     lib = Library()
     stats = {"files": 0, "by_rule": 0, "by_yamnet": 0, "dropped": 0}
     keys: list[np.ndarray] = []
-    for member, data in iter_deb_members(deb, spec):
-        for path, blob in expand_container(member, data):
+    for member, data in iter_deb_members(deb, spec, debs_dir.parent / "spool"):
+        for path, blob in expand_container(member, data, spec.inner):
             stats["files"] += 1
             dec = decode(blob)
             if dec is None:

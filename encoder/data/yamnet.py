@@ -37,7 +37,7 @@ AUDIOSET_TO_LABEL = {
     "Clip-clop": "horse_gallop", "Wolf": "wolf", "Howl": "wolf", "Owl": "owl", "Hoot": "owl",
     "Gull, seagull": "seagull", "Duck": "duck", "Quack": "duck", "Frog": "frog", "Croak": "frog",
     "Cricket": "crickets", "Bee, wasp, etc.": "bees", "Insect": "crickets", "Elephant": "elephant",
-    "Cat": "cat", "Meow": "cat", "Male speech, man speaking": "male_speech",
+    "Cat": "cat", "Meow": "cat", "Goat": "goat", "Roaring cats (lions, tigers)": "lion", "Male speech, man speaking": "male_speech",
     "Female speech, woman speaking": "female_speech", "Whispering": "whispering",
     "Shout": "shouting", "Yell": "shouting", "Laughter": "laughter", "Giggle": "laughter",
     "Screaming": "scream", "Groan": "groan", "Grunt": "groan", "Breathing": "breathing",
