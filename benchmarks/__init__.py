@@ -1,0 +1,1 @@
+"""Benchmarks: `python main.py bench <scenario> ...` (see benchmarks/cli.py)."""

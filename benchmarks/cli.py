@@ -1,0 +1,32 @@
+"""python main.py bench <scenario> [options]: one module per scenario, imported only when run.
+
+    python main.py bench encoder [--quick]     encoder latency and throughput vs YAMNet
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# scenario -> "module:function"; the function takes argv (list[str]) and returns an exit code
+SCENARIOS: dict[str, str] = {
+    "encoder": "benchmarks.encoder_bench:main",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        print("\nscenarios: " + ", ".join(SCENARIOS))
+        return 0 if argv else 2
+    target = SCENARIOS.get(argv[0])
+    if target is None:
+        print(f"bench: unknown scenario {argv[0]!r}; expected one of: {', '.join(SCENARIOS)}", file=sys.stderr)
+        return 2
+    module, func = target.split(":")
+    return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""ONNX Runtime backend (CPU, or the CUDA provider when onnxruntime-gpu is installed).
+
+Imports numpy, onnxruntime and tokenizers only: never torch (tests/test_export.py checks this
+in a fresh interpreter)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from encoder.runtime.base import BackendError, PromptTokenizer, check_inputs, read_manifest
+
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+def session_options(threads: int | None, spin: bool = False):
+    """ORT options shared by our sessions and the YAMNet baseline.
+
+    spin=False stops idle intra-op threads from busy-waiting between runs: the engine calls the
+    encoder once per hop and shares the cores with capture and the front end, and on a loaded
+    machine spinning threads slow everything else down (and, measured here, ORT itself)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1  # one op at a time: intra-op threads are the parallelism
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return opts
+
+
+def _session(path: Path, threads: int | None, providers: list[str], spin: bool = False):
+    import onnxruntime as ort
+
+    opts = session_options(threads, spin)
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as e:  # onnxruntime raises its own types for a missing or corrupt file
+        raise BackendError(f"{path}: cannot open with onnxruntime ({str(e).splitlines()[0]})") from None
+
+
+def select_providers(device: str) -> list[str]:
+    """device "cpu" | "cuda" | "auto" (CUDA when onnxruntime-gpu sees a GPU) -> ORT providers."""
+    import onnxruntime as ort
+
+    if device == "auto":
+        device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    if device not in PROVIDERS:
+        raise BackendError(f"onnx device must be cpu, cuda or auto, got {device!r}")
+    if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise BackendError("onnxruntime has no CUDA provider here; pip install -e '.[gpu]' (onnxruntime-gpu)")
+    return PROVIDERS[device]
+
+
+class OnnxTextTower:
+    """The exported text tower and its tokenizer: prompts -> (P, E) float32. Shared with the
+    TensorRT backend, whose text tower stays on ONNX Runtime (prompts change rarely)."""
+
+    def __init__(self, export_dir: Path, manifest: dict, threads: int | None, providers: list[str], spin: bool = False):
+        self.tokenize = PromptTokenizer.from_manifest(export_dir, manifest)
+        self.session = _session(export_dir / manifest["text"]["file"], threads, providers, spin)
+
+    def __call__(self, prompts: list[str]) -> np.ndarray:
+        ids, mask = self.tokenize(prompts)
+        return self.session.run(["text_emb"], {"ids": ids, "mask": mask})[0]
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, export_dir: str | Path, threads: int | None = None, device: str = "cpu", spin: bool = False):
+        export_dir = Path(export_dir)
+        self.manifest = read_manifest(export_dir)
+        self.export_dir, self.threads, self.spin = export_dir, threads, spin
+        self.providers = select_providers(device)
+        self.audio = _session(export_dir / self.manifest["audio"]["file"], threads, self.providers, spin)
+        self.text = OnnxTextTower(export_dir, self.manifest, threads, self.providers, spin)
+        self._outputs = list(self.manifest["audio"]["outputs"])  # columns, column_valid, global_emb
+
+    def encode(self, mel: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        mel, lengths = check_inputs(mel, lengths)
+        columns, column_valid, global_emb = self.audio.run(self._outputs, {"mel": mel, "lengths": lengths})
+        return columns, column_valid, global_emb
+
+    def embed_text(self, prompts: list[str]) -> np.ndarray:
+        return self.text(prompts)
+
+    def info(self) -> dict:
+        return {
+            "backend": self.name,
+            "model_hash": self.manifest["model_hash"],
+            "export_dir": str(self.export_dir),
+            "providers": self.audio.get_providers(),
+            "threads": self.threads,
+            "spin": self.spin,
+            "precision": "fp32",
+        }
