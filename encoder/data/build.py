@@ -84,7 +84,9 @@ class BuildConfig:
 
     def corpus_key(self) -> str:
         d = {k: v for k, v in asdict(self).items() if k not in ("out", "cache", "workers")}
-        return stable_hash(BUILD_VERSION, json.dumps(d, sort_keys=True, default=str))
+        # The labelling tables are part of the recipe: editing them must invalidate the corpus.
+        return stable_hash(BUILD_VERSION, json.dumps(d, sort_keys=True, default=str),
+                           packs.LIBRARY_VERSION, packs.LABEL_RULES, render.list_presets())
 
 
 def _cached(stem: Path, make: Callable[[], Library]) -> Library:
