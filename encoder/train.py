@@ -54,16 +54,16 @@ class TrainConfig:
 # --- data ------------------------------------------------------------------------------
 
 
-def frame_labels(events: list[dict], label_index: dict[str, int], n_frames: int, offset_frames: int) -> np.ndarray:
+def frame_labels(events, label_index: dict[str, int], n_frames: int, offset_frames: int) -> np.ndarray:
     """(C, n_classes) {0,1}: class k sounds during 160 ms column c of the crop starting at offset_frames."""
     n_cols = n_frames // PATCH_FRAMES
     y = np.zeros((n_cols, len(label_index)), np.float32)
-    for ev in events:
-        k = label_index.get(ev["label"])
+    for ev in events:  # objects with .label, .onset_s, .offset_s (encoder.data.dataset.Event)
+        k = label_index.get(ev.label)
         if k is None:
             continue
-        a = (ev["onset_s"] * FRAMES_PER_SECOND - offset_frames) / PATCH_FRAMES
-        b = (ev["offset_s"] * FRAMES_PER_SECOND - offset_frames) / PATCH_FRAMES
+        a = (ev.onset_s * FRAMES_PER_SECOND - offset_frames) / PATCH_FRAMES
+        b = (ev.offset_s * FRAMES_PER_SECOND - offset_frames) / PATCH_FRAMES
         lo, hi = max(int(math.floor(a)), 0), min(int(math.ceil(b)), n_cols)
         if hi > lo:
             y[lo:hi, k] = 1.0
@@ -77,10 +77,10 @@ class ClipSampler:
         self.corpus = corpus
         self.clips = corpus.clips(split)
         if not self.clips:
-            raise ValueError(f"{corpus.root}: no clips in split {split!r}")
-        self.labels = sorted(corpus.classes)
+            raise ValueError(f"{corpus.path}: no clips in split {split!r}")
+        self.labels = corpus.labels
         self.label_index = {lab: i for i, lab in enumerate(self.labels)}
-        self.prompts = [corpus.classes[lab][0] for lab in self.labels]  # first name is the prompt
+        self.names = [corpus.names(lab) for lab in self.labels]  # prompts: a random name per batch
         self.cfg = cfg
         self.rng = np.random.default_rng(cfg.seed * 1000 + rank)
 
@@ -127,7 +127,8 @@ def collate(examples, tower, sampler: ClipSampler, cfg: TrainConfig, augment: bo
     others = [k for k in range(len(sampler.labels)) if k not in set(present)]
     n_neg = max(cfg.n_prompts - len(present), 0)
     chosen = present + [int(k) for k in sampler.rng.permutation(others)[:n_neg]]
-    p_ids, p_mask = tower.tokenize([sampler.prompts[k] for k in chosen])
+    names = sampler.names
+    p_ids, p_mask = tower.tokenize([names[k][int(sampler.rng.integers(len(names[k])))] for k in chosen])
     C = T // PATCH_FRAMES
     labels = np.zeros((len(examples), C, len(chosen)), np.float32)
     for i, (_, _, y) in enumerate(examples):

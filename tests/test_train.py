@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from encoder.data.dataset import Event
 from encoder.train import TrainConfig, ema_momentum_at, frame_labels, lr_at, train
 from tests.tone_corpus import ToneCorpus
 
@@ -30,7 +31,7 @@ def test_teacher_momentum_goes_from_0994_to_1():
 
 
 def test_frame_labels_mark_the_columns_an_event_covers():
-    y = frame_labels([{"label": "b", "onset_s": 0.5, "offset_s": 1.0}], {"a": 0, "b": 1}, 320, 16)
+    y = frame_labels([Event("b", 0.5, 1.0)], {"a": 0, "b": 1}, 320, 16)
     assert y.shape == (20, 2)
     # crop starts at 0.16 s: the event spans 0.34..0.84 s of the crop -> columns 2..5
     assert np.flatnonzero(y[:, 1]).tolist() == [2, 3, 4, 5]
@@ -41,7 +42,7 @@ def test_frame_labels_mark_the_columns_an_event_covers():
 def test_overfit_200_steps_drives_every_loss_term_down(tmp_path):
     torch.manual_seed(0)
     cfg = TrainConfig(model="slap-tiny", out=str(tmp_path), steps=200, batch_size=16, lr=1e-3, warmup_steps=20,
-                      log_every=50, ckpt_every=1000, max_seconds=3.0, spec_freq_masks=0, spec_time_masks=0)
+                      log_every=50, ckpt_every=1000, max_seconds=2.0, spec_freq_masks=0, spec_time_masks=0)
     hist = train(cfg, corpus=ToneCorpus(16))["history"]
     first = {k: np.mean([h[k] for h in hist[:10]]) for k in ("clap", "ssl", "caption", "frame")}
     last = {k: np.mean([h[k] for h in hist[-10:]]) for k in first}

@@ -1,9 +1,11 @@
-"""A small in-memory corpus of numpy-made sounds, with the same reading interface as
-encoder.data.dataset.Corpus (clips(split), audio(clip), classes), for training tests."""
+"""A small in-memory corpus of numpy-made sounds, with the reading interface of
+encoder.data.dataset.Corpus (clips(split), audio(clip), labels, names(label)), for training tests."""
 
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from encoder.data.dataset import Event
 
 SR = 16000
 CLASSES = {
@@ -38,8 +40,8 @@ def _sound(label: str, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 class ToneCorpus:
-    root = "<tone corpus>"
-    classes = CLASSES
+    path = "<tone corpus>"
+    labels = sorted(CLASSES)
 
     def __init__(self, n_clips: int = 16, seed: int = 0):
         rng = np.random.default_rng(seed)
@@ -52,10 +54,13 @@ class ToneCorpus:
             audio[on:off] += _sound(label, off - on, rng)
             self._clips.append(ToneClip(
                 id=f"tone-{i}", audio=audio.astype(np.float32), captions=CLASSES[label], labels=[label],
-                events=[{"label": label, "onset_s": on / SR, "offset_s": off / SR}], n_samples=n))
+                events=[Event(label, on / SR, off / SR)], n_samples=n))
 
     def clips(self, split: str):
         return self._clips if split == "train" else self._clips[:4]
+
+    def names(self, label: str) -> list[str]:
+        return CLASSES[label]
 
     def audio(self, clip) -> np.ndarray:
         return clip.audio
