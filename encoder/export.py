@@ -63,36 +63,16 @@ def materialise_config(name: str, path: str | Path, seed: int = RANDOM_SEED) -> 
     return save_weights(model, path, fp16=True, extra={"seed": seed, "random_init": True})
 
 
-def onnx_attention_masks(pos_t: torch.Tensor, seg: torch.Tensor, window_columns: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`encoder.model.attention_masks` without `torch.eye`: the legacy exporter turns a boolean
-    eye into EyeLike(bool), which ONNX Runtime does not implement. Same values (a test checks)."""
-    valid = seg >= 0
-    same = (seg[:, :, None] == seg[:, None, :]) & valid[:, :, None] & valid[:, None, :]  # (B, N, N)
-    idx = torch.arange(seg.shape[1], device=seg.device)
-    pad_self = (idx[:, None] == idx[None, :])[None] & ~valid[:, :, None]  # (B, N, N)
-    near = (pos_t[:, :, None] - pos_t[:, None, :]).abs() <= window_columns // 2
-    return (same | pad_self)[:, None], ((same & near) | pad_self)[:, None]  # (B, 1, N, N) each
-
-
 class ExportableEncoder(nn.Module):
-    """`AudioEncoder.forward` (padded execution) with the ONNX-friendly masks, returning the three
-    tensors the engine uses as a tuple. Shares the encoder's modules; holds no weights of its own."""
+    """`AudioEncoder.forward` (padded execution) returning the three tensors the engine uses, as a
+    tuple. Shares the encoder's modules; holds no weights of its own."""
 
     def __init__(self, audio: AudioEncoder):
         super().__init__()
         self.audio = audio
 
     def forward(self, mel: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        a = self.audio
-        x = a.embed(mel)  # (B, N, D)
-        pos_t, pos_f, seg = a.grid(lengths, x.shape[1])  # (B, N) each
-        rope = a.rotary.angles(pos_t, pos_f)
-        global_mask, local_mask = onnx_attention_masks(pos_t, seg, a.cfg.window_columns)
-        for block in a.blocks:
-            x = block(x, rope, local_mask, global_mask)
-        tokens = a.norm(x)
-        pooled = a.map_head(tokens, seg, 1)[:, 0]  # (B, D)
-        out = a.heads_out(tokens, seg >= 0, pooled)
+        out = self.audio(mel, lengths)
         return out.columns, out.column_valid, out.global_emb
 
 

@@ -168,8 +168,8 @@ def attention_masks(pos_t: torch.Tensor, seg: torch.Tensor, window_columns: int)
     """
     valid = seg >= 0
     same = (seg[:, :, None] == seg[:, None, :]) & valid[:, :, None] & valid[:, None, :]  # (B, N, N)
-    eye = torch.eye(seg.shape[1], dtype=torch.bool, device=seg.device)[None]
-    pad_self = eye & ~valid[:, :, None]
+    idx = torch.arange(seg.shape[1], device=seg.device)
+    pad_self = (idx[:, None] == idx[None, :])[None] & ~valid[:, :, None]  # not torch.eye: ONNX has no bool EyeLike
     near = (pos_t[:, :, None] - pos_t[:, None, :]).abs() <= window_columns // 2
     return (same | pad_self)[:, None], ((same & near) | pad_self)[:, None]
 

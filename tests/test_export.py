@@ -21,7 +21,6 @@ import torch
 import encoder.export as export_mod
 from encoder.checkpoint import file_hash as checkpoint_file_hash
 from encoder.checkpoint import load_model
-from encoder.model import AudioEncoder, attention_masks
 from encoder.runtime import Backend, BackendError, open_backend
 from encoder.runtime.base import AUDIO_ONNX, MANIFEST_FILE, file_hash, find_export, read_manifest
 from encoder.runtime.onnx_backend import OnnxBackend
@@ -73,13 +72,6 @@ def onnx_backend(export_dir) -> OnnxBackend:
 def random_batch(batch: int, frames: int, lengths: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     mel = np.random.default_rng(seed).standard_normal((batch, 64, frames)).astype(np.float32)
     return mel, np.array(lengths, dtype=np.int64)
-
-
-def test_onnx_masks_equal_model_masks():
-    lengths = torch.tensor([160, 64, 16])
-    pos_t, _, seg = AudioEncoder.grid(lengths, 40)
-    for ours, theirs in zip(export_mod.onnx_attention_masks(pos_t, seg, 6), attention_masks(pos_t, seg, 6)):
-        assert torch.equal(ours, theirs)
 
 
 @pytest.mark.parametrize("batch,frames,lengths", PARAM_SETS)

