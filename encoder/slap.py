@@ -117,6 +117,10 @@ class Batch:
     prompt_ids: torch.Tensor | None = None  # (P, Lp) class prompts for the frame loss
     prompt_mask: torch.Tensor | None = None
     frame_labels: torch.Tensor | None = None  # (B, C, P) {0, 1}: prompt p sounds in column c
+    # Cached text-tower features before the projection (B, 384) / (P, 384), used instead of the
+    # ids when the tower is frozen below its projection (TextTower.frozen_features).
+    text_feats: torch.Tensor | None = None
+    prompt_feats: torch.Tensor | None = None
 
 
 class PrototypeHead(nn.Module):
@@ -173,7 +177,8 @@ class SLAP(nn.Module):
         token_mask[n_masked:] = False
         student = self.audio.forward_packed(batch.mel, batch.lengths, token_mask, self.cfg.row_tokens)
 
-        terms = self.clap_loss(student.global_emb, self.text(batch.text_ids, batch.text_mask))
+        text = self.text.proj(batch.text_feats) if batch.text_feats is not None else self.text(batch.text_ids, batch.text_mask)
+        terms = self.clap_loss(student.global_emb, text)
 
         with torch.no_grad():
             self.teacher.eval()
@@ -185,8 +190,11 @@ class SLAP(nn.Module):
         logits = self.decoder(batch.text_ids[:, :-1], student.tokens, student.token_valid)
         terms |= self.caption_loss(logits, batch.text_ids[:, 1:])
 
-        if batch.prompt_ids is not None and batch.frame_labels is not None:
-            prompts = self.text(batch.prompt_ids, batch.prompt_mask)
+        if batch.frame_labels is not None and (batch.prompt_ids is not None or batch.prompt_feats is not None):
+            if batch.prompt_feats is not None:
+                prompts = self.text.proj(batch.prompt_feats)
+            else:
+                prompts = self.text(batch.prompt_ids, batch.prompt_mask)
             labels = batch.frame_labels[:, : student.columns.shape[1]]
             terms |= self.frame_loss(student.columns, student.column_valid, prompts, labels)
 

@@ -298,8 +298,17 @@ class TextTower(nn.Module):
         """all-MiniLM-L6-v2's own embedding: mean pool + L2 normalise -> (B, 384), unit norm."""
         return F.normalize(mean_pool(self.hidden(ids, mask), mask), p=2, dim=-1)
 
+    @property
+    def frozen_features(self) -> bool:
+        """True when everything before the projection is frozen, so `pooled` of a text never
+        changes during training and can be cached (training does; it is most of the text cost)."""
+        return self.cfg.trainable_layers == 0 and self.pool is None
+
+    def pooled(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """ids (B, L) int64, mask (B, L) int64 -> (B, 384) pooled features before the projection."""
+        h = self.hidden(ids, mask)  # (B, L, 384)
+        return self.pool(h, mask) if self.pool is not None else mean_pool(h, mask)
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids (B, L) int64, mask (B, L) int64 -> (B, embed_dim) joint-space embedding, not normalised."""
-        h = self.hidden(ids, mask)  # (B, L, 384)
-        pooled = self.pool(h, mask) if self.pool is not None else mean_pool(h, mask)  # (B, 384)
-        return self.proj(pooled)
+        return self.proj(self.pooled(ids, mask))

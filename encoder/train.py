@@ -39,8 +39,8 @@ class TrainConfig:
     warmup_steps: int = 200  # the paper: 2,000 of ~100k steps
     weight_decay: float = 0.05
     grad_clip: float = 1.0
-    max_seconds: float = 10.0  # random crop: CPU compute grows with length; eval sees whole clips
-    n_prompts: int = 48  # class prompts per batch for the frame loss: the batch's classes + random negatives
+    max_seconds: float = 6.0  # random crop: CPU compute grows with length; eval sees whole clips
+    n_prompts: int = 24  # class prompts per batch for the frame loss: the batch's classes + random negatives
     spec_freq_masks: int = 2
     spec_freq_width: int = 8  # mel bins
     spec_time_masks: int = 2
@@ -114,7 +114,25 @@ def spec_augment(mel: np.ndarray, n_frames: int, cfg: TrainConfig, rng: np.rando
     return mel
 
 
-def collate(examples, tower, sampler: ClipSampler, cfg: TrainConfig, augment: bool = True) -> Batch:
+class TextFeatureCache:
+    """Pooled text features by string, for a tower frozen below its projection: captions and
+    class names repeat across steps, so each is run through MiniLM once."""
+
+    def __init__(self, tower):
+        self.tower = tower
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        new = sorted({t for t in texts if t not in self.cache})
+        if new:
+            with torch.no_grad():
+                feats = self.tower.pooled(*self.tower.tokenize(new))
+            self.cache.update(zip(new, feats))
+        return torch.stack([self.cache[t] for t in texts])
+
+
+def collate(examples, tower, sampler: ClipSampler, cfg: TrainConfig, augment: bool = True,
+            features: TextFeatureCache | None = None) -> Batch:
     """Pad to the longest crop (a whole number of columns); pick the batch's prompts."""
     lengths = [ex[0].shape[1] // PATCH_FRAMES * PATCH_FRAMES for ex in examples]
     T = max(lengths)
@@ -128,7 +146,8 @@ def collate(examples, tower, sampler: ClipSampler, cfg: TrainConfig, augment: bo
     n_neg = max(cfg.n_prompts - len(present), 0)
     chosen = present + [int(k) for k in sampler.rng.permutation(others)[:n_neg]]
     names = sampler.names
-    p_ids, p_mask = tower.tokenize([names[k][int(sampler.rng.integers(len(names[k])))] for k in chosen])
+    prompt_texts = [names[k][int(sampler.rng.integers(len(names[k])))] for k in chosen]
+    p_ids, p_mask = tower.tokenize(prompt_texts)
     C = T // PATCH_FRAMES
     labels = np.zeros((len(examples), C, len(chosen)), np.float32)
     for i, (_, _, y) in enumerate(examples):
@@ -136,6 +155,8 @@ def collate(examples, tower, sampler: ClipSampler, cfg: TrainConfig, augment: bo
     return Batch(
         mel=torch.from_numpy(mel), lengths=torch.tensor(lengths), text_ids=ids, text_mask=mask,
         prompt_ids=p_ids, prompt_mask=p_mask, frame_labels=torch.from_numpy(labels),
+        text_feats=features([ex[1] for ex in examples]) if features else None,
+        prompt_feats=features(prompt_texts) if features else None,
     )
 
 
@@ -215,13 +236,14 @@ def train(cfg: TrainConfig, corpus=None, on_step=None) -> dict:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, file=sys.stderr)
+    features = TextFeatureCache(model.text) if model.text.frozen_features else None
     t0, clips_seen = time.time(), 0
     history = []
     model.train()
     while step < cfg.steps:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        batch = collate(sampler.batch(cfg.batch_size), model.text, sampler, cfg)
+        batch = collate(sampler.batch(cfg.batch_size), model.text, sampler, cfg, features=features)
         batch = Batch(**{f.name: (getattr(batch, f.name).to(device) if getattr(batch, f.name) is not None else None)
                          for f in fields(Batch)})
         terms = net(batch, generator=gen)

@@ -63,3 +63,16 @@ def test_ddp_ranks_hold_identical_weights_after_each_step(tmp_path):
     assert len(rank0) == len(rank1) == 3
     assert rank0 == rank1  # same weights on both ranks after every step
     assert len(set(rank0)) == 3  # and the weights did change each step
+
+
+def test_cached_text_features_give_the_towers_embeddings():
+    from encoder.text import TextConfig, TextTower
+    from encoder.train import TextFeatureCache
+
+    tower = TextTower(TextConfig(trainable_layers=0), embed_dim=16)
+    assert tower.frozen_features
+    texts = ["a dog barking", "glass breaking", "a dog barking"]
+    with torch.no_grad():
+        direct = tower(*tower.tokenize(texts))
+        cached = tower.proj(TextFeatureCache(tower)(texts))
+    assert torch.allclose(direct, cached, atol=1e-5)
