@@ -309,5 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli(argv: list[str]) -> int:
+    """`python main.py data build ...`: the same as `python -m encoder.data.build ...`."""
+    if not argv or argv[0] != "build":
+        print("usage: python main.py data build [--out DIR] [--hours H] [--tiny] ...", file=sys.stderr)
+        return 2
+    return main(argv[1:])
+
+
 if __name__ == "__main__":
     sys.exit(main())
