@@ -14,6 +14,7 @@ sentences is their ensemble: the mean of the unit sentence embeddings, normalise
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import tempfile
@@ -46,6 +47,11 @@ class Calibration:
     def __post_init__(self) -> None:
         if not (np.isfinite(self.scale) and self.scale > 0 and np.isfinite(self.bias)):
             raise ValueError(f"calibration needs a finite scale > 0 and a finite bias, got {self}")
+
+    @classmethod
+    def from_manifest(cls, calibration: dict) -> Calibration:
+        """From the export manifest's "calibration" (encoder/export.py): frame_log_scale, frame_bias."""
+        return cls(scale=math.exp(calibration["frame_log_scale"]), bias=calibration["frame_bias"])
 
     def __call__(self, cos: np.ndarray) -> np.ndarray:
         """cos: any shape, in [-1, 1] -> scores in [0, 1], float32."""

@@ -39,6 +39,9 @@ def test_calibration_is_a_bounded_monotone_map():
     assert cal(np.float32(0.6)) == pytest.approx(0.5, abs=1e-6)  # 50 * 0.6 - 30 = 0
     with pytest.raises(ValueError):
         Calibration(scale=0.0, bias=0.0)
+    manifest = {"frame_log_scale": np.log(12.0), "frame_bias": -4.0, "clap_logit_scale": 2.6}
+    from_export = Calibration.from_manifest(manifest)
+    assert (from_export.scale, from_export.bias) == pytest.approx((12.0, -4.0))
 
 
 def test_invalid_columns_score_zero_and_a_zero_embedding_is_not_nan():
