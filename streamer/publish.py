@@ -91,6 +91,10 @@ class Event:
     model: str  # model name and hash, e.g. "slap-tiny@3f2a9c1e"
     reason: str | None = None  # end edges: "off", "stream_end", "stale", "engine_restart", ...
     clip: str | None = None  # path of the event's audio clip, when clips are on
+    # The same edges on the stream clock: seconds since the stream started (for a file, the
+    # position in the file), at 160 ms column resolution.
+    stream_onset: float | None = None
+    stream_offset: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in EVENT_KINDS:
@@ -113,6 +117,8 @@ class Event:
             "model": self.model,
             "reason": self.reason,
             "clip": self.clip,
+            "stream_onset": _num(self.stream_onset, 3),
+            "stream_offset": _num(self.stream_offset, 3),
             "time": _num(time.time(), 3),
         }
 
@@ -131,22 +137,26 @@ CREATE TABLE IF NOT EXISTS events (
     score   REAL NOT NULL,     -- peak calibrated score
     reason  TEXT,              -- NULL while open; then why it ended
     clip    TEXT,
+    stream_onset  REAL,        -- seconds on the stream clock
+    stream_offset REAL,
     updated REAL NOT NULL      -- Unix seconds of the last write
 );
 CREATE INDEX IF NOT EXISTS events_onset ON events (onset);
 CREATE INDEX IF NOT EXISTS events_open ON events (id) WHERE reason IS NULL;
 """
 _UPSERT = """
-INSERT INTO events (id, stream, label, prompt, model, onset, offset, score, reason, clip, updated)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO events (id, stream, label, prompt, model, onset, offset, score, reason, clip, stream_onset,
+                    stream_offset, updated)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET
     offset = coalesce(excluded.offset, offset),
     score = max(score, excluded.score),
     reason = coalesce(excluded.reason, reason),
     clip = coalesce(excluded.clip, clip),
+    stream_offset = coalesce(excluded.stream_offset, stream_offset),
     updated = excluded.updated
 """
-_COLUMNS = "id, stream, label, prompt, model, onset, offset, score, reason, clip"
+_COLUMNS = "id, stream, label, prompt, model, onset, offset, score, reason, clip, stream_onset, stream_offset"
 
 
 def _row(e: Event, now: float) -> tuple:
@@ -162,6 +172,8 @@ def _row(e: Event, now: float) -> tuple:
         e.score,
         e.reason,
         e.clip,
+        e.stream_onset,
+        e.stream_offset,
         now,
     )
 
@@ -180,6 +192,8 @@ class EventRow:
     score: float
     reason: str | None
     clip: str | None
+    stream_onset: float | None = None
+    stream_offset: float | None = None
 
 
 @dataclass
@@ -342,7 +356,8 @@ class EventLog:
         rows = [EventRow(*r) for r in found]
         return [
             Event(
-                r.stream, r.label, r.prompt, "end", r.id, r.onset, r.offset, r.score, r.model, reason, r.clip
+                r.stream, r.label, r.prompt, "end", r.id, r.onset, r.offset, r.score, r.model, reason, r.clip,
+                r.stream_onset, r.stream_offset,
             )
             for r in rows
         ]
