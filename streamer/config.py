@@ -240,7 +240,7 @@ class DetectorConfig(_Model):
 
 
 class ModelConfig(_Model):
-    path: Path = Path("models/slap-tiny.onnx")
+    path: Path = Path("models/slap-tiny.safetensors")
     backend: Literal["auto", "onnx", "torch", "tensorrt"] = "auto"
     threads: int = Field(0, ge=0, le=256, description="0: ONNX Runtime's choice")
     cache_dir: Path | None = Field(None, description="prompt-embedding cache; null: memory only")

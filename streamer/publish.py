@@ -470,6 +470,13 @@ class Publisher:
             payloads.append(payload)
         return payloads
 
+    def publish_status(self, stream: str, status: str, reason: str | None = None) -> bool:
+        """Send a stream's health change on stream.<status>.<stream> (status "stale" | "live")."""
+        topic = f"stream.{status}.{stream}"
+        payload = {"v": SCHEMA_VERSION, "type": "stream", "stream": stream, "status": status, "reason": reason,
+                   "seq": self._next_seq(topic), "time": _num(time.time(), 3)}
+        return self._send(topic, payload)
+
     def publish_scores(
         self,
         stream: str,

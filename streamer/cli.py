@@ -1,0 +1,460 @@
+"""The engine's commands (dispatched from main.py):
+
+    python main.py --source mic|file:PATH|synth|net:URL [--config F]   workers + engine, events printed
+    python main.py tag PATH... [--config F | --prompt P ...] [--json] [--scores]
+    python main.py subscribe [--topic T] [--endpoint E]                   print live events
+    python main.py events [--since T] [--label L] [--stream S] [--json]   query the event log
+    python main.py config schema [--out F]                                JSON Schema of the config
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from streamer.config import ConfigError, ConfigWatcher, EngineConfig, config_json_schema, load_config
+
+DEFAULT_CONFIG = Path("configs/default.yaml")
+log = logging.getLogger("streamer.cli")
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _open_backend(cfg: EngineConfig):
+    from encoder.runtime import open_backend
+
+    return open_backend(cfg.model.backend, cfg.model.path, cfg.model.cache_dir or "cache",
+                        cfg.model.threads or None)
+
+
+def _format_event(p: dict) -> str:
+    when = p.get("stream_onset") if p["kind"] == "start" else p.get("stream_offset")
+    extra = f" ({p['reason']})" if p.get("reason") else ""
+    return f"{p['stream']:>12} {p['kind']:<5} {p['label']:<16} t={when if when is not None else '?':>8}s score={p['score']:.2f}{extra}"
+
+
+# --- run --------------------------------------------------------------------------------------
+
+
+def source_from_flag(flag: str) -> dict:
+    """`mic`, `mic:DEVICE`, `file:PATH`, `synth`, `net:URL` -> a config `sources` entry."""
+    kind, _, arg = flag.partition(":")
+    if kind == "mic":
+        return {"kind": "mic", "name": "mic", "device": arg or None}
+    if kind == "file" and arg:
+        return {"kind": "file", "name": _stream_name(Path(arg).stem), "path": arg, "realtime": True}
+    if kind == "synth":
+        return {"kind": "synth", "name": "synth", "signal": "pink", "level_db": -40,
+                "events": ["2.0:beep:0.8", "5.0:burst:0.5", "8.0:chirp:0.6"]}
+    if kind == "net" and arg:
+        return {"kind": "net", "name": "net", "url": arg}
+    raise ValueError(f"--source: expected mic, mic:DEVICE, file:PATH, synth or net:URL, got {flag!r}")
+
+
+def _stream_name(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem)[:64] or "stream"
+
+
+def worker_command(source, endpoint: str) -> list[str]:
+    """The capture worker command line for a configured source (URLs go through the environment)."""
+    cmd = [sys.executable, "-m", "streamer.capture", source.kind, "--endpoint", endpoint, "--stream", source.name]
+    if source.kind == "file":
+        cmd += [str(source.path), "--realtime" if source.realtime else "--fast"]
+        cmd += ["--loop"] if source.loop else []
+        cmd += ["--start-delay", str(source.start_delay_s)] if source.start_delay_s else []
+    elif source.kind == "mic":
+        cmd += ["--device", str(source.device)] if source.device is not None else []
+        cmd += ["--rate", str(source.rate)] if source.rate else []
+        cmd += ["--channels", str(source.channels)]
+    elif source.kind == "synth":
+        cmd += ["--signal", source.signal, "--freq", str(source.freq_hz), "--level-db", str(source.level_db),
+                "--event-level-db", str(source.event_level_db), "--seed", str(source.seed)]
+        for ev in source.events:
+            cmd += ["--event", ev]
+        cmd += ["--realtime" if source.realtime else "--fast"]
+    elif source.kind == "net":
+        cmd += ["--url-env", source.url_env or "SLAP_NET_URL", "--stall-timeout", str(source.stall_timeout_s),
+                "--rtsp-transport", source.rtsp_transport]
+        cmd += ["--realtime"] if source.realtime else []
+    return cmd
+
+
+def worker_env(source) -> dict:
+    import os
+
+    env = dict(os.environ)
+    if source.kind == "net" and source.url is not None:
+        env["SLAP_NET_URL"] = source.url.get_secret_value()  # never on a command line
+    return env
+
+
+class WorkerSupervisor:
+    """Starts one capture worker per source and restarts any that exits, with capped backoff."""
+
+    def __init__(self, sources, endpoint: str):
+        self.sources = {s.name: s for s in sources}
+        self.endpoint = endpoint
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.restarts: dict[str, int] = {}
+        self.next_start: dict[str, float] = {}
+
+    def start(self, name: str) -> None:
+        s = self.sources[name]
+        self.procs[name] = subprocess.Popen(worker_command(s, self.endpoint), env=worker_env(s), stdin=subprocess.DEVNULL)
+        log.info("worker %s (%s) started, pid %d", name, s.kind, self.procs[name].pid)
+
+    def start_all(self) -> None:
+        for name in self.sources:
+            self.start(name)
+
+    def check(self) -> None:
+        now = time.monotonic()
+        for name, proc in list(self.procs.items()):
+            rc = proc.poll()
+            if rc is None:
+                continue
+            src = self.sources[name]
+            if src.kind == "file" and not src.loop and rc == 0:
+                log.info("worker %s finished its file", name)
+                del self.procs[name]
+                continue
+            if name not in self.next_start:
+                n = self.restarts.get(name, 0)
+                delay = min(0.5 * 2**n, 30.0)
+                self.next_start[name] = now + delay
+                log.warning("worker %s exited with %s; restarting in %.1f s", name, rc, delay)
+            elif now >= self.next_start.pop(name):
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                self.start(name)
+
+    @property
+    def alive(self) -> bool:
+        return bool(self.procs)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def run_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="main.py", description="Run capture workers and the engine; print events.")
+    p.add_argument("--source", action="append", help="mic | mic:DEVICE | file:PATH | synth | net:URL (repeatable); "
+                   "replaces the config's sources")
+    p.add_argument("--config", type=Path, help=f"engine config YAML (default {DEFAULT_CONFIG})")
+    p.add_argument("--json", action="store_true", help="print each event as its JSON payload")
+    p.add_argument("--list-devices", action="store_true", help="list audio input devices and exit")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--exit-when-done", action="store_true", help="stop once every (non-looping) file worker finished")
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    _setup_logging(args.log_level)
+    if args.list_devices:
+        return subprocess.call([sys.executable, "-m", "streamer.capture", "mic", "--list-devices", "--stream", "x"])
+    path = args.config or DEFAULT_CONFIG
+    try:
+        cfg = load_config(path)
+        if args.source:
+            cfg = EngineConfig.model_validate(cfg.model_dump() | {"sources": [source_from_flag(s) for s in args.source]})
+    except (ConfigError, ValueError) as e:
+        print(f"main.py: {e}".splitlines()[0], file=sys.stderr)
+        return 2
+    if not cfg.sources:
+        print(f"main.py: {path}: no sources; give --source mic|file:PATH|synth|net:URL", file=sys.stderr)
+        return 2
+    from encoder.runtime import BackendError
+    from streamer.engine import Engine
+
+    try:
+        backend = _open_backend(cfg)
+    except BackendError as e:
+        print(f"main.py: {e}", file=sys.stderr)
+        return 2
+
+    def show(payloads: list[dict]) -> None:
+        for pl in payloads:
+            print(json.dumps(pl) if args.json else _format_event(pl), flush=True)
+
+    engine = Engine(cfg, backend, streams={s.name for s in cfg.sources}, on_events=show)
+    metrics = None
+    if cfg.metrics.enabled:
+        try:
+            from streamer.metrics import serve_metrics
+
+            metrics = serve_metrics(engine, cfg.metrics.host, cfg.metrics.port)
+        except ImportError:
+            metrics = None
+        except OSError as e:
+            log.warning("metrics endpoint not started: %s", e)
+    watcher = ConfigWatcher(path) if not args.source and args.config else None
+    if watcher is not None:
+        watcher.prime()
+    supervisor = WorkerSupervisor(cfg.sources, engine.ingest_endpoint)
+    stop = {"now": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    deadline = time.monotonic() + args.duration if args.duration else None
+    supervisor.start_all()
+    log.info("engine: %s, %d prompts, events on %s", engine.model_id, len(cfg.prompts), engine.publisher.endpoint)
+
+    def idle() -> None:
+        supervisor.check()
+        if watcher is not None:
+            new = watcher.poll()
+            if isinstance(new, ConfigError):
+                engine.counters.config_reload_failures += 1
+                log.error("config reload refused, keeping the running config: %s", str(new).splitlines()[0])
+            elif new is not None:
+                try:
+                    engine.apply_config(new)
+                except Exception as e:  # a reload must never stop the engine
+                    engine.counters.config_reload_failures += 1
+                    log.error("config reload failed, keeping the running config: %s", e)
+        if args.exit_when_done and not supervisor.alive:
+            stop["now"] = True
+        if deadline is not None and time.monotonic() > deadline:
+            stop["now"] = True
+
+    try:
+        engine.run(lambda: stop["now"], idle)
+        if args.exit_when_done:  # drain what the workers sent last, then close every stream
+            t_end = time.monotonic() + 1.0
+            while time.monotonic() < t_end:
+                engine.poll_once(50)
+            for name in list(engine.streams):
+                engine.finish_stream(name)
+    finally:
+        supervisor.stop()
+        engine.close()
+        if metrics is not None:
+            metrics.close()
+    return 0
+
+
+# --- tag ----------------------------------------------------------------------------------------
+
+
+def tag_config(args) -> EngineConfig:
+    if args.config:
+        cfg = load_config(args.config)
+    elif args.prompt:
+        cfg = EngineConfig.model_validate({"prompts": [{"label": _stream_name(p.replace(" ", "_"))[:64], "text": p}
+                                                       for p in args.prompt]})
+    else:
+        cfg = load_config(DEFAULT_CONFIG)
+    update = {"outputs": cfg.outputs.model_dump() | {"event_log": None, "clips": {"enabled": False}}}
+    if args.model:
+        update["model"] = cfg.model.model_dump() | {"path": args.model}
+    return EngineConfig.model_validate(cfg.model_dump() | update)
+
+
+def tag_file(engine, path: Path, chunk_s: float = 0.1) -> None:
+    """Run one file through the streaming path (context -> hops -> detector) as fast as possible."""
+    import soundfile as sf
+
+    from streamer.resample import to_mono_16k
+
+    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    mono = to_mono_16k(audio, rate)
+    name = _stream_name(path.name)
+    step = int(chunk_s * 16000)
+    for seq, i in enumerate(range(0, len(mono), step)):
+        engine.feed(name, mono[i:i + step, None], 16000, seq=seq, epoch=1)
+        while engine.step() is not None:
+            pass
+    engine.finish_stream(name)
+
+
+def clip_scores(backend, matcher, path: Path, prompts: dict[str, str]) -> dict[str, float]:
+    """Whole-clip scores by prompt text (label -> text in `prompts`) from the global embedding
+    (30 s windows averaged for longer files)."""
+    import soundfile as sf
+
+    from encoder.frontend import log_mel
+    from streamer.resample import to_mono_16k
+
+    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    mel = log_mel(to_mono_16k(audio, rate))
+    win = 3000
+    globs = []
+    for start in range(0, max(mel.shape[1] - 1, 1), win):
+        part = mel[:, start:start + win]
+        if part.shape[1] < 16:
+            continue
+        globs.append(backend.encode(part[None].copy(), np.array([part.shape[1]], np.int64))[2][0])
+    glob = np.mean(globs, axis=0)[None]
+    s = matcher(glob, np.zeros((1, 1, glob.shape[1]), np.float32))
+    return {prompts.get(label, label): round(float(v), 4) for label, v in zip(s.labels, s.global_scores[0])}
+
+
+def tag_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="main.py tag", description="Tag audio files through the streaming path.")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--config", type=Path)
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable); instead of --config")
+    p.add_argument("--model", help="weights file (default: the config's)")
+    p.add_argument("--json", action="store_true", help="one JSON line per event")
+    p.add_argument("--scores", action="store_true", help="one JSON line per file with clip-level scores")
+    p.add_argument("--log-level", default="WARNING")
+    args = p.parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        cfg = tag_config(args)
+    except (ConfigError, ValueError) as e:
+        print(f"main.py tag: {e}".splitlines()[0], file=sys.stderr)
+        return 2
+    from encoder.runtime import BackendError
+    from streamer.engine import Engine
+
+    try:
+        backend = _open_backend(cfg)
+    except BackendError as e:
+        print(f"main.py tag: {e}", file=sys.stderr)
+        return 2
+
+    def show(payloads: list[dict]) -> None:
+        for pl in payloads:
+            if args.json:
+                print(json.dumps({k: pl[k] for k in ("stream", "label", "prompt", "kind", "score", "model", "reason")}
+                                 | {"onset": pl["stream_onset"], "offset": pl["stream_offset"]}), flush=True)
+            elif not args.scores:
+                print(_format_event(pl), flush=True)
+
+    engine = Engine(cfg, backend, on_events=None if args.scores else show, bind=False)
+    prompts = {p.label: " | ".join(p.text) for p in cfg.prompts}
+    status = 0
+    for path in args.paths:
+        try:
+            if args.scores:
+                print(json.dumps({"file": str(path), "scores": clip_scores(backend, engine.matcher, path, prompts)}), flush=True)
+            else:
+                tag_file(engine, path)
+        except (OSError, RuntimeError, ValueError) as e:  # soundfile raises RuntimeError for unreadable audio
+            print(f"main.py tag: {path}: {e}".splitlines()[0], file=sys.stderr)
+            status = 1
+    return status
+
+
+# --- subscribe / events / config --------------------------------------------------------------------
+
+
+def subscribe_main(argv: list[str]) -> int:
+    import zmq
+
+    p = argparse.ArgumentParser(prog="main.py subscribe", description="Print live events.")
+    p.add_argument("--endpoint", default="tcp://127.0.0.1:5556")
+    p.add_argument("--topic", default="events.", help="topic prefix, e.g. events.kitchen. or scores. or stream.")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--count", type=int, help="exit after this many messages")
+    p.add_argument("--timeout", type=float, help="exit after this many seconds")
+    args = p.parse_args(argv)
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.connect(args.endpoint)
+    sock.setsockopt_string(zmq.SUBSCRIBE, args.topic)
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    n = 0
+    try:
+        while args.count is None or n < args.count:
+            wait = 200 if deadline is None else max(0, min(200, int((deadline - time.monotonic()) * 1000)))
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if not sock.poll(wait):
+                continue
+            topic, body = sock.recv_multipart()
+            payload = json.loads(body)
+            if args.json or payload.get("type") != "event":
+                print(json.dumps(payload), flush=True)
+            else:
+                print(_format_event(payload), flush=True)
+            n += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close(0)
+    return 0
+
+
+def _parse_since(text: str) -> float:
+    """Unix seconds, an ISO time, or a relative '10m' / '2h' / '1d'."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text)
+    if m:
+        return time.time() - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    dt = datetime.fromisoformat(text)
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def events_main(argv: list[str]) -> int:
+    from streamer.publish import query_events
+
+    p = argparse.ArgumentParser(prog="main.py events", description="Query the event log.")
+    p.add_argument("--log", type=Path, help="SQLite event log (default: the config's)")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    p.add_argument("--since", help="Unix seconds, ISO time, or relative (10m, 2h, 1d)")
+    p.add_argument("--label")
+    p.add_argument("--stream")
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        path = args.log or load_config(args.config).outputs.event_log
+        since = _parse_since(args.since) if args.since else None
+    except (ConfigError, ValueError) as e:
+        print(f"main.py events: {e}".splitlines()[0], file=sys.stderr)
+        return 2
+    if path is None or not Path(path).exists():
+        print(f"main.py events: no event log at {path}", file=sys.stderr)
+        return 2
+    for row in query_events(path, since=since, label=args.label, stream=args.stream, limit=args.limit):
+        d = row.__dict__
+        if args.json:
+            print(json.dumps(d))
+        else:
+            when = datetime.fromtimestamp(row.onset, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            dur = f"{row.offset - row.onset:6.2f}s" if row.offset is not None else "  open "
+            print(f"{when} {row.stream:>12} {row.label:<16} {dur} score={row.score:.2f} {row.reason or ''}")
+    return 0
+
+
+def config_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="main.py config", description="Config tools.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    schema = sub.add_parser("schema", help="write the JSON Schema of the engine config")
+    schema.add_argument("--out", type=Path)
+    check = sub.add_parser("check", help="validate a config file")
+    check.add_argument("path", type=Path)
+    args = p.parse_args(argv)
+    if args.cmd == "schema":
+        text = json.dumps(config_json_schema(), indent=2)
+        if args.out:
+            args.out.write_text(text + "\n")
+        else:
+            print(text)
+        return 0
+    try:
+        cfg = load_config(args.path)
+    except ConfigError as e:
+        print(str(e).splitlines()[0], file=sys.stderr)
+        return 2
+    print(f"{args.path}: ok ({len(cfg.sources)} sources, {len(cfg.prompts)} prompts)")
+    return 0

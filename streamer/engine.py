@@ -1,0 +1,407 @@
+"""The engine: one PULL socket, many streams, batched encoder calls, events out.
+
+    frames (PULL) -> decode + validate -> resample to 16 kHz mono -> StreamContext (per stream)
+    -> every hop: the due windows of all streams in one padded encoder call
+    -> Matcher (prompts x global / columns) -> EventDetector per (stream, label)
+    -> EventLog (SQLite, first) -> Publisher (ZeroMQ PUB)
+
+The hot loop fills plain stats objects (`EngineCounters`, one `HopStats` per step); the metrics
+module maps them onto Prometheus, so nothing here imports prometheus_client.
+
+Bad input never stops the engine: a frame that fails to decode, comes from an unknown stream, or
+carries unusable samples is counted by reason, logged (rate-limited), and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from encoder.frontend import PATCH_FRAMES, SECONDS_PER_COLUMN
+from streamer.config import EngineConfig
+from streamer.context import COLUMN_SAMPLES, StreamContext, Window
+from streamer.detector import EventDetector, EventEdge, Smoothing
+from streamer.matcher import Calibration, Matcher, PromptCache, prompt_embeddings
+from streamer.publish import ClipWriter, Event, EventLog, Publisher, new_event_id
+from streamer.resample import TARGET_RATE, StreamResampler
+from streamer.wire import Frame, WireError
+
+log = logging.getLogger("streamer.engine")
+
+MAX_BATCH = 32  # windows per encoder call; more due hops wait for the next call
+RECV_BUDGET = 512  # frames drained per loop turn before due hops are served
+STALE_AFTER_S = 2.0  # no frame for this long: the stream is stale (events closed, status sent)
+RCVHWM = 10_000  # frames queued in the PULL socket (~17 min of audio in 100 ms frames)
+
+
+@dataclass
+class EngineCounters:
+    """Cumulative counts since the engine started."""
+
+    frames_received: Counter = field(default_factory=Counter)  # by stream
+    frames_rejected: Counter = field(default_factory=Counter)  # by reason (wire reasons, unknown_stream, ...)
+    frames_dropped: Counter = field(default_factory=Counter)  # by reason: late, stale_epoch
+    events: Counter = field(default_factory=Counter)  # start edges by label
+    hops: int = 0
+    hops_skipped: int = 0
+    deadline_misses: int = 0
+    config_reloads: int = 0
+    config_reload_failures: int = 0
+    stale_transitions: int = 0
+    audio_seconds: float = 0.0  # stream-seconds of new audio analysed
+    busy_seconds: float = 0.0  # wall seconds spent serving hops (real-time factor = busy / audio)
+
+
+@dataclass
+class HopStats:
+    """One engine step: a batch of due windows through encoder, matcher, detector and publisher."""
+
+    batch_size: int
+    queue_wait_s: list[float]  # per window: from the hop falling due (its last sample arriving) to encode start
+    encode_s: float
+    match_s: float
+    detect_s: float
+    publish_s: float
+    end_to_end_s: list[float]  # per window: capture wall time of its newest sample -> published
+    deadline_misses: int
+    new_events: int
+
+
+@dataclass
+class StreamState:
+    name: str
+    context: StreamContext
+    detectors: dict[str, EventDetector]
+    resampler: StreamResampler | None = None
+    format_key: tuple[int, int] | None = None  # (rate, channels) the resampler was made for
+    open_events: dict[str, tuple[str, int, float]] = field(default_factory=dict)  # label -> (id, onset column, peak)
+    last_seen: float = 0.0  # monotonic seconds of the last accepted frame
+    due_since: float | None = None  # monotonic seconds when the pending hop fell due
+    newest_wall: float | None = None  # capture wall clock (Unix s) of the newest sample
+    stale: bool = False
+
+
+class Engine:
+    """Owns the sockets and per-stream state; `run()` loops, `step()` serves due hops once.
+
+    backend: an encoder runtime (encoder.runtime); streams: the accepted stream ids (None: any
+    valid id, for `tag` and tests). on_events: called with each published batch of payloads.
+    """
+
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        backend,
+        *,
+        streams: set[str] | None = None,
+        context: zmq.Context | None = None,
+        on_events: Callable[[list[dict]], None] | None = None,
+        on_hop: Callable[[HopStats], None] | None = None,
+        bind: bool = True,
+        stale_after_s: float = STALE_AFTER_S,
+    ):
+        self.backend = backend
+        self.manifest = getattr(backend, "manifest", {})
+        self.model_id = f"{self.manifest.get('model_name', 'slap')}@{self.manifest.get('model_hash', 'unknown')[:8]}"
+        self.allowed = streams
+        self.on_events, self.on_hop = on_events, on_hop
+        self.stale_after_s = stale_after_s
+        self.counters = EngineCounters()
+        self.streams: dict[str, StreamState] = {}
+        self.zmq = context or zmq.Context.instance()
+        self.pull: zmq.Socket | None = None
+        self._last_log: dict[str, float] = {}
+        self.prompt_cache = PromptCache(cfg.model.cache_dir)
+        cal = self.manifest.get("calibration")
+        self.calibration = Calibration.from_manifest(cal) if cal else Calibration(10.0, -5.0)
+        self.cfg = cfg
+        self.matcher = self._make_matcher(cfg)
+        event_log = EventLog(cfg.outputs.event_log) if cfg.outputs.event_log else None
+        self.publisher: Publisher | None = None
+        self.clips = None
+        if bind:
+            self.pull = self.zmq.socket(zmq.PULL)
+            self.pull.setsockopt(zmq.RCVHWM, RCVHWM)
+            self.pull.setsockopt(zmq.LINGER, 0)
+            self.pull.bind(cfg.outputs.ingest_endpoint)
+            self.ingest_endpoint = self.pull.getsockopt(zmq.LAST_ENDPOINT).decode()
+            self.publisher = Publisher(cfg.outputs.pub_endpoint, event_log=event_log, context=self.zmq)
+            if event_log is not None:
+                closed = event_log.close_open_events("engine_restart")
+                if closed:
+                    log.warning("closed %d events left open by the previous run (reason engine_restart)", len(closed))
+                    self._emit_payloads(self.publisher.publish_events(closed))
+        c = cfg.outputs.clips
+        if cfg.outputs.clips_dir is not None:
+            self.clips = ClipWriter(cfg.outputs.clips_dir, pre_roll_s=c.pre_roll_s, post_roll_s=c.post_roll_s,
+                                    fmt=c.format, max_age_days=c.max_age_days, max_total_mb=c.max_total_mb)
+
+    # -- prompts and config ---------------------------------------------------------------
+    def _make_matcher(self, cfg: EngineConfig) -> Matcher:
+        emb = prompt_embeddings([p.text for p in cfg.prompts], self.manifest.get("model_hash", "unknown"),
+                                self.backend.embed_text, self.prompt_cache)
+        return Matcher(emb, [p.label for p in cfg.prompts], self.calibration)
+
+    def _detector(self, label: str) -> EventDetector:
+        d = self.cfg.detector_for(label)
+        s = d.smoothing
+        return EventDetector.from_seconds(d.on_threshold, d.off_threshold, d.min_duration_s, d.merge_gap_s,
+                                          Smoothing(s.kind, s.alpha, s.window), d.lookback_s)
+
+    def apply_config(self, new: EngineConfig) -> None:
+        """Hot reload: re-embed prompts and rebuild the detectors whose settings changed; audio
+        context is kept. Events of removed or changed labels are closed with reason config_reload."""
+        old = self.cfg
+        matcher = self._make_matcher(new)  # may raise: then nothing changed
+        self.cfg, self.matcher = new, matcher
+        for state in self.streams.values():
+            edges_by_label = {}
+            for label in list(state.detectors):
+                keep = label in matcher.labels and old.detector_for(label) == new.detector_for(label) \
+                    and old.prompt(label).text == new.prompt(label).text
+                if not keep:
+                    edges_by_label[label] = state.detectors.pop(label).flush("config_reload")
+            for label in matcher.labels:
+                if label not in state.detectors:
+                    state.detectors[label] = self._detector(label)
+            self._publish(state, edges_by_label)
+        self.counters.config_reloads += 1
+        log.info("config reloaded: %d prompts (%s)", len(matcher.labels), ", ".join(matcher.labels))
+
+    # -- streams ----------------------------------------------------------------------------
+    def _stream(self, name: str) -> StreamState:
+        state = self.streams.get(name)
+        if state is None:
+            c = self.cfg.context
+            state = StreamState(name, StreamContext(c.max_context_s, c.hop_s, c.gap_policy, c.max_gap_s),
+                                {label: self._detector(label) for label in self.matcher.labels})
+            self.streams[name] = state
+            log.info("stream %s: first frame", name)
+        return state
+
+    def _reject(self, reason: str, message: str) -> None:
+        self.counters.frames_rejected[reason] += 1
+        now = time.monotonic()
+        if now - self._last_log.get(reason, -1e9) > 5.0:  # one line per reason per 5 s
+            self._last_log[reason] = now
+            log.warning("frame rejected (%s): %s [%d so far]", reason, message, self.counters.frames_rejected[reason])
+
+    def handle_message(self, buf: bytes) -> None:
+        """Decode and feed one wire message; never raises on bad input."""
+        try:
+            frame = Frame.decode(buf)
+        except WireError as e:
+            self._reject(e.reason, str(e))
+            return
+        if self.allowed is not None and frame.stream_id not in self.allowed:
+            self._reject("unknown_stream", f"stream {frame.stream_id!r} is not in the config's sources")
+            return
+        self.feed(frame.stream_id, frame.samples(), frame.sample_rate, seq=frame.seq, epoch=frame.epoch,
+                  mono_ns=frame.capture_mono_ns, wall_ns=frame.capture_wall_ns)
+
+    def feed(self, name: str, samples: np.ndarray, rate: int, *, seq: int, epoch: int,
+             mono_ns: int | None = None, wall_ns: int | None = None) -> None:
+        """samples: (n, channels) float32 at `rate`; resampled to 16 kHz mono, then into the context."""
+        state = self._stream(name)
+        key = (rate, samples.shape[1])
+        if key != (TARGET_RATE, 1):
+            if state.format_key != key:
+                state.resampler, state.format_key = StreamResampler(rate), key
+            mono = state.resampler(samples)
+        else:
+            mono = samples[:, 0]
+        mono = np.ascontiguousarray(mono, dtype=np.float32)
+        late_before = state.context.stats.dropped_late
+        push = state.context.push(mono, seq=seq, epoch=epoch, mono_ns=mono_ns, wall_ns=wall_ns)
+        if not push.accepted:
+            self.counters.frames_dropped["late" if state.context.stats.dropped_late > late_before else "stale_epoch"] += 1
+            return
+        self.counters.frames_received[name] += 1
+        now = time.monotonic()
+        state.last_seen = now
+        if wall_ns is not None:
+            state.newest_wall = wall_ns / 1e9 + len(mono) / TARGET_RATE
+        if state.stale:
+            state.stale = False
+            log.info("stream %s: live again", name)
+            self._send_status(name, "live", None)
+        if push.reset is not None:
+            # the context restarted (new worker epoch or a long gap): open events end where the old clock stopped
+            self._publish(state, {label: d.flush("worker_restart" if push.reset == "epoch" else "gap")
+                                  for label, d in state.detectors.items()})
+        if self.clips is not None:
+            self.clips.push(name, mono, push.start_sample)
+        if state.due_since is None and state.context.hop_due:
+            state.due_since = now
+
+    # -- hops ---------------------------------------------------------------------------------
+    def step(self) -> HopStats | None:
+        """Serve the due hops of all streams (up to MAX_BATCH) in one encoder call."""
+        due = [s for s in self.streams.values() if s.context.hop_due][:MAX_BATCH]
+        if not due:
+            return None
+        t_start = time.monotonic()
+        windows: list[Window] = []
+        for s in due:
+            before = s.context.stats.hops_skipped
+            windows.append(s.context.next_window())
+            self.counters.hops_skipped += s.context.stats.hops_skipped - before
+        queue_wait = [t_start - (s.due_since or t_start) for s in due]
+        for s in due:
+            s.due_since = time.monotonic() if s.context.hop_due else None
+        lengths = np.array([w.mel.shape[1] for w in windows], np.int64)
+        keep = lengths >= PATCH_FRAMES
+        mel = np.zeros((len(windows), windows[0].mel.shape[0], max(int(lengths.max()), PATCH_FRAMES)), np.float32)
+        for i, w in enumerate(windows):
+            mel[i, :, : w.mel.shape[1]] = w.mel
+        lengths = np.maximum(lengths, PATCH_FRAMES)  # a window shorter than a column is skipped below
+        columns, valid, glob = self.backend.encode(mel, lengths)
+        t_enc = time.monotonic()
+        scores = self.matcher(glob, columns, valid)
+        t_match = time.monotonic()
+        edges_per_stream = []
+        for i, (s, w) in enumerate(zip(due, windows)):
+            if not keep[i]:
+                edges_per_stream.append({})
+                continue
+            n = w.n_columns
+            edges_per_stream.append({label: s.detectors[label](scores.column_scores[i, :n, p], w.first_column)
+                                     for p, label in enumerate(scores.labels) if label in s.detectors})
+        t_detect = time.monotonic()
+        new_events = 0
+        for i, (s, w) in enumerate(zip(due, windows)):
+            new_events += self._publish(s, edges_per_stream[i])
+            if self.publisher is not None and self.cfg.outputs.scores_topic and keep[i]:
+                hop_cols = max(1, min(w.n_columns, s.context.hop_frames // PATCH_FRAMES))
+                first = w.n_columns - hop_cols
+                self.publisher.publish_scores(
+                    s.name, model=self.model_id, labels=scores.labels, columns=scores.column_scores[i, first:w.n_columns],
+                    first_column=w.first_column + first, start=s.context.wall_time((w.first_column + first) * PATCH_FRAMES),
+                    global_scores=scores.global_scores[i])
+        t_pub = time.monotonic()
+        now_wall = time.time()
+        e2e = [now_wall - s.newest_wall for s in due if s.newest_wall is not None]
+        misses = sum(1 for s, q in zip(due, queue_wait) if q + (t_pub - t_start) > s.context.hop_frames / 100)
+        self.counters.hops += len(due)
+        self.counters.deadline_misses += misses
+        self.counters.audio_seconds += sum(s.context.hop_frames / 100 for s in due)
+        self.counters.busy_seconds += t_pub - t_start
+        stats = HopStats(len(due), queue_wait, t_enc - t_start, t_match - t_enc, t_detect - t_match,
+                         t_pub - t_detect, e2e, misses, new_events)
+        if self.on_hop is not None:
+            self.on_hop(stats)
+        return stats
+
+    def _publish(self, state: StreamState, edges_by_label: dict[str, list[EventEdge]]) -> int:
+        """Turn detector edges into events; log, publish, count. Returns the number of starts."""
+        events: list[Event] = []
+        ctx = state.context
+        for label, edges in edges_by_label.items():
+            prompt = " | ".join(self.cfg.prompt(label).text) if label in self.matcher.labels else label
+            for e in edges:
+                frame = e.column * PATCH_FRAMES
+                wall = ctx.wall_time(frame)
+                stream_t = e.column * SECONDS_PER_COLUMN
+                if e.kind == "start":
+                    event_id = new_event_id()
+                    state.open_events[label] = (event_id, e.column, e.score)
+                    clip = str(self.clips.begin(state.name, label, event_id, e.column * COLUMN_SAMPLES)) if self.clips else None
+                    events.append(Event(state.name, label, prompt, "start", event_id, wall if wall is not None else stream_t,
+                                        None, e.score, self.model_id, None, clip, stream_t, None))
+                    self.counters.events[label] += 1
+                else:
+                    opened = state.open_events.pop(label, None)
+                    if opened is None:
+                        continue
+                    event_id, onset_col, _ = opened
+                    onset_wall = ctx.wall_time(onset_col * PATCH_FRAMES)
+                    clip = self.clips.end(event_id, e.column * COLUMN_SAMPLES) if self.clips else None
+                    events.append(Event(state.name, label, prompt, "end", event_id,
+                                        onset_wall if onset_wall is not None else onset_col * SECONDS_PER_COLUMN,
+                                        wall if wall is not None else stream_t, e.score, self.model_id, e.reason,
+                                        str(clip) if clip else None, onset_col * SECONDS_PER_COLUMN, stream_t))
+        if events:
+            if self.publisher is not None:
+                payloads = self.publisher.publish_events(events)
+            else:
+                payloads = [ev.payload(0) for ev in events]
+            self._emit_payloads(payloads)
+        return sum(1 for ev in events if ev.kind == "start")
+
+    def _emit_payloads(self, payloads: list[dict]) -> None:
+        if self.on_events is not None and payloads:
+            self.on_events(payloads)
+
+    def _send_status(self, stream: str, status: str, reason: str | None) -> None:
+        if self.publisher is not None:
+            self.publisher.publish_status(stream, status, reason)
+
+    def check_stale(self) -> None:
+        """Streams silent for stale_after_s: close their events (reason stale) and say so once."""
+        now = time.monotonic()
+        for state in self.streams.values():
+            if not state.stale and state.last_seen and now - state.last_seen > self.stale_after_s:
+                state.stale = True
+                self.counters.stale_transitions += 1
+                log.warning("stream %s: stale (no audio for %.1f s)", state.name, now - state.last_seen)
+                self._publish(state, {label: d.flush("stale") for label, d in state.detectors.items()})
+                self._send_status(state.name, "stale", "no_audio")
+
+    def finish_stream(self, name: str, reason: str = "stream_end") -> None:
+        """Flush a stream's last partial hop and close its events (end of a file)."""
+        state = self.streams.get(name)
+        if state is None:
+            return
+        while self.step() is not None:
+            pass
+        if state.context.end_frame // PATCH_FRAMES > 0:
+            w = state.context.window()
+            if w.n_columns:
+                columns, valid, glob = self.backend.encode(w.mel[None].copy(), np.array([w.mel.shape[1]], np.int64))
+                scores = self.matcher(glob, columns, valid)
+                self._publish(state, {label: state.detectors[label](scores.column_scores[0, :w.n_columns, p], w.first_column)
+                                      for p, label in enumerate(scores.labels)})
+        self._publish(state, {label: d.flush(reason) for label, d in state.detectors.items()})
+        if self.clips is not None:
+            self.clips.flush(name)
+
+    # -- loop -----------------------------------------------------------------------------------
+    def poll_once(self, timeout_ms: int = 20) -> int:
+        """Drain up to RECV_BUDGET frames (waiting up to timeout_ms for the first), serve hops."""
+        n = 0
+        if self.pull is not None and self.pull.poll(timeout_ms):
+            while n < RECV_BUDGET:
+                try:
+                    buf = self.pull.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self.handle_message(buf)
+                n += 1
+        while self.step() is not None:
+            pass
+        self.check_stale()
+        return n
+
+    def run(self, should_stop: Callable[[], bool], on_idle: Callable[[], None] | None = None) -> None:
+        while not should_stop():
+            self.poll_once()
+            if on_idle is not None:
+                on_idle()
+
+    def close(self) -> None:
+        for name in list(self.streams):
+            self._publish(self.streams[name], {label: d.flush("engine_stop") for label, d in self.streams[name].detectors.items()})
+        if self.clips is not None:
+            self.clips.flush()
+        if self.publisher is not None:
+            if self.publisher.event_log is not None:
+                self.publisher.event_log.close()
+            self.publisher.close()
+        if self.pull is not None:
+            self.pull.close(0)
