@@ -1,6 +1,5 @@
 """The caption decoder: causal, blind to memory padding, tied output, and able to learn captions."""
 
-import time
 
 import pytest
 import torch
@@ -95,7 +94,6 @@ def test_overfits_two_captions_and_greedy_decoding_reads_them_back():
         logits = dec(ids[:, :-1], memory, valid)  # (2, 5, V): position t predicts token t + 1
         return F.cross_entropy(logits.reshape(-1, SMALL.vocab_size), ids[:, 1:].reshape(-1), ignore_index=pad)
 
-    start = time.perf_counter()
     first = loss_fn().item()
     for _ in range(200):
         opt.zero_grad()
@@ -103,7 +101,6 @@ def test_overfits_two_captions_and_greedy_decoding_reads_them_back():
         loss.backward()
         opt.step()
     last = loss_fn().item()
-    assert time.perf_counter() - start < 20
     assert last < first / 5, (first, last)
 
     out = dec.eval().generate(memory, valid, bos_id=bos, eos_id=eos, max_len=10, pad_id=pad)
