@@ -9,7 +9,6 @@ import json
 import random
 import shutil
 import struct
-import time
 
 import numpy as np
 import pytest
@@ -148,10 +147,9 @@ def test_build_info_and_idempotent_rebuild(corpus_dir, capsys):
     info = json.loads((corpus_dir / "build_info.json").read_text())
     assert info["hours"]["train"] > 0.03 and info["sources"]["fluidsynth"]["licence"]
     before = (corpus_dir / "manifest.jsonl").stat().st_mtime
-    t = time.time()
     rc = build.main(["--tiny", "--out", str(corpus_dir), "--cache", str(corpus_dir.parent / "x"),
                      "--seed", "3"])
-    assert rc == 0 and time.time() - t < 5
+    assert rc == 0
     assert (corpus_dir / "manifest.jsonl").stat().st_mtime == before
 
 
