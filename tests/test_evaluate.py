@@ -1,0 +1,35 @@
+"""Evaluation metrics on cases small enough to check by hand."""
+
+import numpy as np
+import pytest
+
+from encoder.evaluate import average_precision, classification_metrics, frame_metrics, retrieval_metrics
+
+
+def test_average_precision_of_a_perfect_and_a_reversed_ranking():
+    assert average_precision(np.array([0.9, 0.8, 0.1]), np.array([1, 1, 0])) == 1.0
+    # positives ranked 2nd and 3rd: (1/2 + 2/3) / 2
+    assert average_precision(np.array([0.9, 0.5, 0.1]), np.array([0, 1, 1])) == pytest.approx(7 / 12)
+
+
+def test_top1_counts_a_hit_when_the_best_prompt_is_any_of_the_clips_labels():
+    scores = np.array([[0.9, 0.1, 0.0], [0.1, 0.2, 0.9]])
+    truth = np.array([[1, 0, 1], [1, 0, 0]], bool)
+    m = classification_metrics(scores, truth)
+    assert m["top1"] == 0.5 and m["top5"] == 1.0
+
+
+def test_retrieval_recall_at_k():
+    a = np.eye(3)
+    t = np.array([[1, 0, 0], [0, 0, 1], [0, 1, 0]], float)  # clips 1 and 2 swapped
+    r = retrieval_metrics(a, t)
+    assert r["t2a_R@1"] == pytest.approx(1 / 3) and r["a2t_R@5"] == 1.0
+
+
+def test_event_and_segment_f1():
+    y = np.zeros((20, 1), bool)
+    y[5:12] = True
+    hit = y.astype(float)
+    late = np.roll(hit, 6, axis=0)  # onset ~1 s late: outside the 0.5 s collar
+    assert frame_metrics([hit], [y]) == {"segment_F1": 1.0, "event_F1": 1.0}
+    assert frame_metrics([late], [y])["event_F1"] == 0.0
