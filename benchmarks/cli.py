@@ -1,6 +1,9 @@
 """python main.py bench <scenario> [options]: one module per scenario, imported only when run.
 
     python main.py bench encoder [--quick]     encoder latency and throughput vs YAMNet
+    python main.py bench capacity [--quick]    most real-time streams held, per backend, vs YAMNet
+    python main.py bench latency [--quick]     end-to-end latency percentiles at 1 and 8 streams, vs YAMNet
+    python main.py bench memory [--quick]      engine peak RSS at 1, 8 and 32 streams, vs YAMNet
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ import sys
 # scenario -> "module:function"; the function takes argv (list[str]) and returns an exit code
 SCENARIOS: dict[str, str] = {
     "encoder": "benchmarks.encoder_bench:main",
+    "capacity": "benchmarks.capacity:main",
+    "latency": "benchmarks.latency:main",
+    "memory": "benchmarks.memory:main",
 }
 
 

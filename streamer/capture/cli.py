@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--linger-ms", type=int, default=DEFAULT_LINGER_MS, help="on stop, time to send queued frames"
     )
     g.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    g.add_argument(
+        "--metrics-port", type=int, metavar="PORT",
+        help="serve this worker's Prometheus metrics on PORT (0: any free port; default: off)",
+    )
+    g.add_argument("--metrics-host", default="127.0.0.1", help="address of --metrics-port (default %(default)s)")
 
     parser = argparse.ArgumentParser(prog="python -m streamer.capture", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="worker", required=True, metavar="{mic,file,synth,net}")
@@ -99,8 +104,28 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    metrics = _serve_metrics(args)
     try:
         return args.module.run(args, stop)
     except SourceError as e:
         log.error("%s", str(e).replace("\n", " "))
         return e.exit_code
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _serve_metrics(args: argparse.Namespace):
+    """--metrics-port: the worker's metrics server, fed with its pusher (pusher_from_args calls
+    args.on_pusher). A port that cannot be bound is logged; the worker runs on without metrics."""
+    if args.metrics_port is None or args.stream is None:
+        return None
+    try:
+        from streamer.metrics import serve_worker_metrics
+
+        server = serve_worker_metrics(args.stream, args.metrics_host, args.metrics_port)
+    except (ImportError, OSError) as e:
+        log.warning("worker metrics not served: %s", e)
+        return None
+    args.on_pusher = server.metrics.watch
+    return server

@@ -61,6 +61,8 @@ class PusherStats:
     frames_dropped: int = 0
     samples_sent: int = 0  # per channel
     bytes_sent: int = 0
+    reconnects: int = 0  # a worker whose source reconnects counts them here (exported as a metric)
+    device_errors: int = 0  # a worker whose device reports errors or overflows counts them here
 
 
 class Pusher:
@@ -230,8 +232,9 @@ class Pusher:
 
 
 def pusher_from_args(args, sample_rate: int, channels: int, stop: threading.Event, block: bool) -> Pusher:
-    """The worker's Pusher, configured from the CLI's common options (see cli.build_parser)."""
-    return Pusher(
+    """The worker's Pusher, configured from the CLI's common options (see cli.build_parser);
+    handed to `args.on_pusher` when the CLI set one (the worker's metrics, --metrics-port)."""
+    pusher = Pusher(
         args.endpoint,
         args.stream,
         sample_rate,
@@ -243,6 +246,10 @@ def pusher_from_args(args, sample_rate: int, channels: int, stop: threading.Even
         block=block,
         stop=stop,
     )
+    on_pusher = getattr(args, "on_pusher", None)
+    if on_pusher is not None:
+        on_pusher(pusher)
+    return pusher
 
 
 class Pacer:
