@@ -121,7 +121,10 @@ class FrameLoss(nn.Module):
     """Per-column sigmoid loss between dense audio features and prompt embeddings (FLAM-like).
 
     logit = scale * cos(column, prompt) + bias, both learned; the negative bias starts the
-    model at "absent", which is the truth for most (column, prompt) pairs.
+    model at "absent", which is the truth for most (column, prompt) pairs. As in SigLIP, the
+    per-pair losses are summed over prompts and averaged over columns: a mean over all pairs
+    would shrink the few positives' gradient by the number of prompts, and the dense features
+    then barely learn to tell classes apart.
     """
 
     def __init__(self, init_scale: float = 10.0, init_bias: float = -5.0):
@@ -141,4 +144,4 @@ class FrameLoss(nn.Module):
         logits = self.get_logits(columns, prompts)
         per = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none")
         mask = column_valid[..., None].to(per.dtype)
-        return {"frame": (per * mask).sum() / (mask.sum() * per.shape[-1]).clamp(min=1)}
+        return {"frame": (per * mask).sum() / mask.sum().clamp(min=1)}
