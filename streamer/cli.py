@@ -94,25 +94,36 @@ def worker_command(source, endpoint: str) -> list[str]:
 def worker_env(source) -> dict:
     import os
 
+    from streamer.capture.cli import PARENT_ENV
+
     env = dict(os.environ)
+    env[PARENT_ENV] = str(os.getpid())  # the worker stops when this engine is gone, even after kill -9
     if source.kind == "net" and source.url is not None:
         env["SLAP_NET_URL"] = source.url.get_secret_value()  # never on a command line
     return env
 
 
-class WorkerSupervisor:
-    """Starts one capture worker per source and restarts any that exits, with capped backoff."""
+def lossless_streams(sources) -> set[str]:
+    """Sources that send as fast as the engine reads (realtime: false): their frames are never dropped."""
+    return {s.name for s in sources if s.kind in ("file", "synth") and not s.realtime}
 
-    def __init__(self, sources, endpoint: str):
+
+class WorkerSupervisor:
+    """Starts one capture worker per source and restarts any that exits, with capped backoff.
+    extra_args: appended to every worker's command line (the engine's CURVE flags)."""
+
+    def __init__(self, sources, endpoint: str, extra_args: list[str] | None = None):
         self.sources = {s.name: s for s in sources}
         self.endpoint = endpoint
+        self.extra_args = list(extra_args or [])
         self.procs: dict[str, subprocess.Popen] = {}
         self.restarts: dict[str, int] = {}
         self.next_start: dict[str, float] = {}
 
     def start(self, name: str) -> None:
         s = self.sources[name]
-        self.procs[name] = subprocess.Popen(worker_command(s, self.endpoint), env=worker_env(s), stdin=subprocess.DEVNULL)
+        self.procs[name] = subprocess.Popen(worker_command(s, self.endpoint) + self.extra_args, env=worker_env(s),
+                                            stdin=subprocess.DEVNULL)
         log.info("worker %s (%s) started, pid %d", name, s.kind, self.procs[name].pid)
 
     def start_all(self) -> None:
@@ -192,7 +203,14 @@ def run_main(argv: list[str]) -> int:
         for pl in payloads:
             print(json.dumps(pl) if args.json else _format_event(pl), flush=True)
 
-    engine = Engine(cfg, backend, streams={s.name for s in cfg.sources}, on_events=show)
+    import zmq
+
+    try:
+        engine = Engine(cfg, backend, streams={s.name for s in cfg.sources}, on_events=show,
+                        lossless=lossless_streams(cfg.sources))
+    except (zmq.ZMQError, OSError, ValueError) as e:  # an endpoint in use, a bad key file, ...
+        print(f"main.py: cannot start the engine: {e}".splitlines()[0], file=sys.stderr)
+        return 2
     metrics = None
     if cfg.metrics.enabled:
         try:
@@ -206,7 +224,7 @@ def run_main(argv: list[str]) -> int:
     watcher = ConfigWatcher(path) if not args.source and args.config else None
     if watcher is not None:
         watcher.prime()
-    supervisor = WorkerSupervisor(cfg.sources, engine.ingest_endpoint)
+    supervisor = WorkerSupervisor(cfg.sources, engine.ingest_endpoint, engine.worker_args)
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
@@ -234,9 +252,9 @@ def run_main(argv: list[str]) -> int:
 
     try:
         engine.run(lambda: stop["now"], idle)
-        if args.exit_when_done:  # drain what the workers sent last, then close every stream
+        if args.exit_when_done:  # drain what the workers sent last (and what waits in the queues), then close
             t_end = time.monotonic() + 1.0
-            while time.monotonic() < t_end:
+            while time.monotonic() < t_end or (engine.queued_frames and time.monotonic() < t_end + 60):
                 engine.poll_once(50)
             for name in list(engine.streams):
                 engine.finish_stream(name)

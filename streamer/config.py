@@ -77,11 +77,17 @@ class _At(ValueError):
 # ------------------------------------------------------------------------------------ field types
 
 
+RESERVED_NAMES = (".", "..")  # valid on the wire, but a stream's clips go to <clips dir>/<stream>/
+
+
 def _name(value: str) -> str:
     try:
-        return validate_stream_id(value)
+        validate_stream_id(value)
     except ValueError:
         raise ValueError(f"expected 1-{MAX_STREAM_ID_LEN} characters of [A-Za-z0-9_.-]") from None
+    if value in RESERVED_NAMES:
+        raise ValueError(f"expected a name other than {' and '.join(map(repr, RESERVED_NAMES))}")
+    return value
 
 
 # Safe in ZeroMQ topics, metric labels and file names (the wire's stream-id rule).
@@ -256,12 +262,42 @@ class ClipsConfig(_Model):
     max_total_mb: float = Field(1024.0, gt=0)
 
 
+def _curve_secret_key(path: Path) -> Path:
+    from zmq.auth import load_certificate
+
+    try:
+        _, secret = load_certificate(path)
+    except (OSError, ValueError):
+        secret = None
+    if secret is None:
+        raise ValueError("expected a readable CURVE secret key file (the .key_secret of zmq.auth.create_certificates)")
+    return path
+
+
+def _directory(path: Path) -> Path:
+    if not path.is_dir():
+        raise ValueError("expected a directory of worker public keys (*.key files)")
+    return path
+
+
+class CurveConfig(_Model):
+    """ZeroMQ CURVE on the ingest socket: encrypted audio, and only workers holding a known key."""
+
+    server_secret_key_file: Annotated[Path, AfterValidator(_curve_secret_key)] = Field(
+        description="the engine's key pair (workers need its public half: --curve-server-key)"
+    )
+    authorized_keys_dir: Annotated[Path, AfterValidator(_directory)] = Field(
+        description="one public key file (*.key) per admitted worker; re-read at each connection"
+    )
+
+
 class OutputsConfig(_Model):
     pub_endpoint: Endpoint = "tcp://127.0.0.1:5556"
     ingest_endpoint: Endpoint = "tcp://127.0.0.1:5555"
     event_log: Path | None = Field(Path("events/events.db"), description="SQLite file; null: no log")
     scores_topic: bool = False
     clips: ClipsConfig = ClipsConfig()
+    curve: CurveConfig | None = Field(None, description="CURVE authentication of capture workers; null: off")
 
     @model_validator(mode="after")
     def _clips_need_a_place(self) -> OutputsConfig:
@@ -343,6 +379,7 @@ _EXPECTATIONS = (  # pydantic's phrasing -> ours; unlisted messages are kept as 
     ("Value should have ", "expected "),
     ("List should have ", "expected "),
     ("String should have ", "expected "),
+    ("Input is not a valid path", "expected a path"),  # ... for <class 'pathlib.Path'>: cut below
 )
 
 _COMPARISONS = (
@@ -406,6 +443,7 @@ def _format(err: dict, root: yaml.Node | None, where: str) -> tuple[int, str]:
         if msg.startswith(theirs):
             msg = ours + msg[len(theirs) :]
     msg = re.sub(r" or instance of \w+", "", msg.replace(" after validation", ""))
+    msg = re.sub(r" for <class '[\w.]+'>", "", msg)
     for words, sign in _COMPARISONS:
         msg = msg.replace(words, sign)
     loc, line = _locate(root, loc)

@@ -10,34 +10,72 @@ module maps them onto Prometheus, so nothing here imports prometheus_client.
 
 Bad input never stops the engine: a frame that fails to decode, comes from an unknown stream, or
 carries unusable samples is counted by reason, logged (rate-limited), and dropped.
+
+Receive path (`poll_once`): the PULL socket is drained (decode + validate only, cheap) into one
+bounded queue per stream; the queues are then served round-robin, one frame per stream per round,
+for at most SERVE_BUDGET_S, and then the due hops run. A stream that sends faster than the engine
+analyses fills its own queue and loses its own oldest frames (counted: frames_dropped["queue_full"]);
+the other streams keep their place in every round. Streams named in `lossless` (sources that send
+as fast as the engine reads, e.g. `file` with realtime: false) are never dropped: when their queue
+is full the engine stops draining the socket, so their worker waits (ZeroMQ back-pressure).
+
+Ingest security: the sockets bind where the config says (127.0.0.1 by default). With
+`outputs.curve`, the PULL socket is a CURVE server and a ZAP handler admits only the workers whose
+public keys are in `authorized_keys_dir` (re-read at each connection) plus the engine's own
+workers, which get a key pair made at start (`worker_args`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import shutil
+import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import zmq
 
 from encoder.frontend import PATCH_FRAMES, SECONDS_PER_COLUMN
-from streamer.config import EngineConfig
+from streamer.config import CurveConfig, EngineConfig
 from streamer.context import COLUMN_SAMPLES, StreamContext, Window
 from streamer.detector import EventDetector, EventEdge, Smoothing
 from streamer.matcher import Calibration, Matcher, PromptCache, prompt_embeddings
 from streamer.publish import ClipWriter, Event, EventLog, Publisher, new_event_id
 from streamer.resample import TARGET_RATE, StreamResampler
-from streamer.wire import Frame, WireError
+from streamer.wire import MAX_FRAME_BYTES, WIRE_ERROR_REASONS, Frame, WireError
 
 log = logging.getLogger("streamer.engine")
 
 MAX_BATCH = 32  # windows per encoder call; more due hops wait for the next call
-RECV_BUDGET = 512  # frames drained per loop turn before due hops are served
+RECV_BUDGET = 512  # messages read from the socket per loop turn (decode only: ~6 us each)
+SERVE_BUDGET_S = 0.05  # seconds of feeding queued frames per loop turn before due hops are served
+QUEUE_FRAMES = 512  # frames queued per stream (51 s of 100 ms frames) ...
+QUEUE_BYTES = 16 * 1024 * 1024  # ... holding at most 16 MiB of samples; past either, the oldest go
+MAX_STREAMS = 256  # distinct stream ids taken when the engine has no list of streams (tag, tests)
+MAX_MESSAGE_BYTES = 2 * MAX_FRAME_BYTES  # larger messages are cut by ZeroMQ (it drops the peer)
 STALE_AFTER_S = 2.0  # no frame for this long: the stream is stale (events closed, status sent)
 RCVHWM = 10_000  # frames queued in the PULL socket (~17 min of audio in 100 ms frames)
+LOG_RETRY_S = 1.0  # how often the loop offers a failing event log its backlog (EventLog paces the tries)
+
+# Reasons of EngineCounters.frames_rejected and frames_dropped (stable: metric labels).
+REJECT_REASONS = (
+    *WIRE_ERROR_REASONS,
+    "unknown_stream",  # not one of the config's sources
+    "reserved_stream_id",  # "." or "..": valid on the wire, but not as a directory name
+    "too_many_streams",  # a new id past MAX_STREAMS (engines without a list of streams)
+    "internal_error",  # a bug: the frame raised inside the engine (logged with its traceback)
+)
+DROP_REASONS = (
+    "late",  # seq at or before the last one of its epoch (duplicate, reordered)
+    "stale_epoch",  # from a worker run already replaced
+    "queue_full",  # its stream's queue was full: the oldest frame made room
+)
+RESERVED_STREAM_IDS = (".", "..")
 
 
 @dataclass
@@ -46,7 +84,7 @@ class EngineCounters:
 
     frames_received: Counter = field(default_factory=Counter)  # by stream
     frames_rejected: Counter = field(default_factory=Counter)  # by reason (wire reasons, unknown_stream, ...)
-    frames_dropped: Counter = field(default_factory=Counter)  # by reason: late, stale_epoch
+    frames_dropped: Counter = field(default_factory=Counter)  # by reason: DROP_REASONS
     events: Counter = field(default_factory=Counter)  # start edges by label
     hops: int = 0
     hops_skipped: int = 0
@@ -54,6 +92,7 @@ class EngineCounters:
     config_reloads: int = 0
     config_reload_failures: int = 0
     stale_transitions: int = 0
+    auth_refused: int = 0  # worker connections refused by CURVE authentication (unknown key)
     audio_seconds: float = 0.0  # stream-seconds of new audio analysed
     busy_seconds: float = 0.0  # wall seconds spent serving hops (real-time factor = busy / audio)
 
@@ -87,11 +126,88 @@ class StreamState:
     stale: bool = False
 
 
+class FrameQueue:
+    """One stream's decoded frames between the socket and its context, oldest first.
+
+    Bounded by `max_frames` and `max_bytes` of payload: `push` drops the oldest frames past either
+    bound and returns how many (a lossless queue never drops: its caller stops reading instead).
+    """
+
+    def __init__(self, max_frames: int = QUEUE_FRAMES, max_bytes: int = QUEUE_BYTES, lossless: bool = False):
+        self.frames: deque[Frame] = deque()
+        self.bytes = 0
+        self.max_frames, self.max_bytes, self.lossless = max_frames, max_bytes, lossless
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def full(self) -> bool:
+        return len(self.frames) >= self.max_frames or self.bytes >= self.max_bytes
+
+    def push(self, frame: Frame) -> int:
+        self.frames.append(frame)
+        self.bytes += len(frame.payload)
+        dropped = 0
+        while not self.lossless and len(self.frames) > 1 and (
+                len(self.frames) > self.max_frames or self.bytes > self.max_bytes):
+            self.bytes -= len(self.frames.popleft().payload)
+            dropped += 1
+        self.dropped += dropped
+        return dropped
+
+    def pop(self) -> Frame:
+        frame = self.frames.popleft()
+        self.bytes -= len(frame.payload)
+        return frame
+
+
+class _WorkerKeys:
+    """ZAP credentials check for CURVE: the public keys in a directory (re-read at each connection,
+    so adding or removing a key file needs no restart) plus keys given at start. Runs on the
+    authenticator's thread."""
+
+    def __init__(self, directory: Path, extra: set[bytes], on_refused: Callable[[bytes], None]):
+        self.directory, self.extra, self.on_refused = directory, extra, on_refused
+
+    def allowed(self) -> set[bytes]:
+        from zmq.auth import load_certificates
+
+        try:
+            return set(load_certificates(str(self.directory))) | self.extra
+        except (OSError, ValueError) as e:
+            log.error("CURVE: cannot read the authorized keys in %s (%s): only the engine's own workers are admitted",
+                      self.directory, e)
+            return set(self.extra)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        ok = key in self.allowed()
+        if not ok:
+            self.on_refused(key)
+        return ok
+
+
+def _is_loopback(endpoint: str) -> bool:
+    """True for inproc/ipc endpoints and tcp ones bound to a loopback address or localhost."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme != "tcp":
+        return True
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # an interface name or "*": every address
+
+
 class Engine:
     """Owns the sockets and per-stream state; `run()` loops, `step()` serves due hops once.
 
     backend: an encoder runtime (encoder.runtime); streams: the accepted stream ids (None: any
-    valid id, for `tag` and tests). on_events: called with each published batch of payloads.
+    valid id, up to MAX_STREAMS, for `tag` and tests). lossless: streams whose queued frames are
+    never dropped (see the module docstring). on_events: called with each published batch of payloads.
     """
 
     def __init__(
@@ -105,6 +221,8 @@ class Engine:
         on_hop: Callable[[HopStats], None] | None = None,
         bind: bool = True,
         stale_after_s: float = STALE_AFTER_S,
+        lossless: set[str] | None = None,
+        queue_frames: int = QUEUE_FRAMES,
     ):
         self.backend = backend
         self.manifest = getattr(backend, "manifest", {})
@@ -116,6 +234,14 @@ class Engine:
         self.streams: dict[str, StreamState] = {}
         self.zmq = context or zmq.Context.instance()
         self.pull: zmq.Socket | None = None
+        self.lossless = lossless or set()
+        self.queue_frames = queue_frames
+        self.queues: dict[str, FrameQueue] = {}
+        self._rr = 0  # round-robin offset: which queued stream goes first in the next turn
+        self._next_log_retry = 0.0
+        self.authenticator = None
+        self.worker_args: list[str] = []  # CURVE flags for the capture workers this engine starts
+        self._key_dir: str | None = None
         self._last_log: dict[str, float] = {}
         self.prompt_cache = PromptCache(cfg.model.cache_dir)
         cal = self.manifest.get("calibration")
@@ -129,8 +255,14 @@ class Engine:
             self.pull = self.zmq.socket(zmq.PULL)
             self.pull.setsockopt(zmq.RCVHWM, RCVHWM)
             self.pull.setsockopt(zmq.LINGER, 0)
+            self.pull.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+            if cfg.outputs.curve is not None:
+                self._secure_ingest(cfg.outputs.curve)
             self.pull.bind(cfg.outputs.ingest_endpoint)
             self.ingest_endpoint = self.pull.getsockopt(zmq.LAST_ENDPOINT).decode()
+            if cfg.outputs.curve is None and not _is_loopback(self.ingest_endpoint):
+                log.warning("ingest endpoint %s accepts audio from other machines without authentication; "
+                            "set outputs.curve to admit only known workers", self.ingest_endpoint)
             self.publisher = Publisher(cfg.outputs.pub_endpoint, event_log=event_log, context=self.zmq)
             if event_log is not None:
                 closed = event_log.close_open_events("engine_restart")
@@ -141,6 +273,43 @@ class Engine:
         if cfg.outputs.clips_dir is not None:
             self.clips = ClipWriter(cfg.outputs.clips_dir, pre_roll_s=c.pre_roll_s, post_roll_s=c.post_roll_s,
                                     fmt=c.format, max_age_days=c.max_age_days, max_total_mb=c.max_total_mb)
+
+    def _secure_ingest(self, curve: CurveConfig) -> None:
+        """CURVE server on the PULL socket; a ZAP handler admits known worker keys only."""
+        from zmq.auth import create_certificates, load_certificate
+        from zmq.auth.thread import ThreadAuthenticator
+
+        public, secret = load_certificate(curve.server_secret_key_file)
+        self._key_dir = tempfile.mkdtemp(prefix="slap-worker-key-")  # 0700: the local workers' key pair
+        _, worker_secret_file = create_certificates(self._key_dir, "local-worker")
+        worker_public, _ = load_certificate(worker_secret_file)
+        self.worker_args = ["--curve-server-key", public.decode(), "--curve-secret-key-file", worker_secret_file]
+
+        def refused(key: bytes) -> None:
+            self.counters.auth_refused += 1
+            self._warn("auth_refused", f"worker refused: CURVE key {key[:8].decode(errors='replace')}... is not in "
+                       f"{curve.authorized_keys_dir} [{self.counters.auth_refused} so far]")
+
+        self.authenticator = ThreadAuthenticator(self.zmq, log=logging.getLogger("streamer.auth"))
+        self.authenticator.start()
+        self.authenticator.configure_curve_callback(
+            "*", _WorkerKeys(Path(curve.authorized_keys_dir), {worker_public}, refused))
+        self.pull.curve_secretkey = secret
+        self.pull.curve_publickey = public
+        self.pull.curve_server = True
+        log.info("ingest: CURVE on, worker keys from %s", curve.authorized_keys_dir)
+
+    def _warn_due(self, key: str) -> bool:
+        """True at most once per 5 s per key: log lines about bad input are rate-limited."""
+        now = time.monotonic()
+        if now - self._last_log.get(key, -1e9) > 5.0:
+            self._last_log[key] = now
+            return True
+        return False
+
+    def _warn(self, key: str, message: str) -> None:
+        if self._warn_due(key):
+            log.warning("%s", message)
 
     # -- prompts and config ---------------------------------------------------------------
     def _make_matcher(self, cfg: EngineConfig) -> Matcher:
@@ -187,23 +356,85 @@ class Engine:
 
     def _reject(self, reason: str, message: str) -> None:
         self.counters.frames_rejected[reason] += 1
-        now = time.monotonic()
-        if now - self._last_log.get(reason, -1e9) > 5.0:  # one line per reason per 5 s
-            self._last_log[reason] = now
-            log.warning("frame rejected (%s): %s [%d so far]", reason, message, self.counters.frames_rejected[reason])
+        self._warn(reason, f"frame rejected ({reason}): {message} [{self.counters.frames_rejected[reason]} so far]")
 
-    def handle_message(self, buf: bytes) -> None:
-        """Decode and feed one wire message; never raises on bad input."""
+    def _accept(self, buf) -> Frame | None:
+        """Decode and validate one wire message: the frame, or None (rejection counted by reason)."""
         try:
             frame = Frame.decode(buf)
         except WireError as e:
             self._reject(e.reason, str(e))
-            return
-        if self.allowed is not None and frame.stream_id not in self.allowed:
-            self._reject("unknown_stream", f"stream {frame.stream_id!r} is not in the config's sources")
-            return
-        self.feed(frame.stream_id, frame.samples(), frame.sample_rate, seq=frame.seq, epoch=frame.epoch,
-                  mono_ns=frame.capture_mono_ns, wall_ns=frame.capture_wall_ns)
+            return None
+        name = frame.stream_id
+        if self.allowed is not None:
+            if name not in self.allowed:
+                self._reject("unknown_stream", f"stream {name!r} is not in the config's sources")
+                return None
+        elif name in RESERVED_STREAM_IDS:
+            self._reject("reserved_stream_id", f"stream id {name!r} would name a parent directory")
+            return None
+        elif name not in self.streams and name not in self.queues and \
+                len(self.streams.keys() | self.queues.keys()) >= MAX_STREAMS:
+            self._reject("too_many_streams", f"stream {name!r} would be one too many "
+                         f"(at most {MAX_STREAMS} without a list of sources)")
+            return None
+        return frame
+
+    def _feed_frame(self, frame: Frame) -> None:
+        try:
+            self.feed(frame.stream_id, frame.samples(), frame.sample_rate, seq=frame.seq, epoch=frame.epoch,
+                      mono_ns=frame.capture_mono_ns, wall_ns=frame.capture_wall_ns)
+        except Exception:  # a bug, never bad input (that is refused above): count it and carry on
+            self.counters.frames_rejected["internal_error"] += 1
+            if self._warn_due("internal_error"):
+                log.exception("frame of stream %s raised inside the engine (dropped)", frame.stream_id)
+
+    def handle_message(self, buf: bytes) -> None:
+        """Decode and feed one wire message now (no queue); never raises on bad input."""
+        frame = self._accept(buf)
+        if frame is not None:
+            self._feed_frame(frame)
+
+    def enqueue(self, buf) -> bool:
+        """Decode one wire message into its stream's queue (served by `serve_queues`). Returns False
+        when the message was a lossless stream's frame that filled its queue: stop reading for now."""
+        frame = self._accept(buf)
+        if frame is None:
+            return True
+        name = frame.stream_id
+        queue = self.queues.get(name)
+        if queue is None:
+            queue = self.queues[name] = FrameQueue(self.queue_frames, QUEUE_BYTES, lossless=name in self.lossless)
+        dropped = queue.push(frame)
+        if dropped:
+            self.counters.frames_dropped["queue_full"] += dropped
+            self._warn(f"queue_full.{name}", f"stream {name}: queue full ({queue.max_frames} frames), dropped its "
+                       f"oldest frames [{queue.dropped} so far]: it sends faster than the engine analyses")
+        return not (queue.lossless and queue.full)
+
+    @property
+    def queued_frames(self) -> int:
+        """Frames waiting in the per-stream queues."""
+        return sum(len(q) for q in self.queues.values())
+
+    def serve_queues(self, budget_s: float = SERVE_BUDGET_S) -> int:
+        """Feed queued frames round-robin (one per stream per round) until the queues are empty
+        or budget_s has passed; the first stream served rotates from turn to turn. Returns frames fed."""
+        names = [name for name, q in self.queues.items() if q.frames]
+        if not names:
+            return 0
+        self._rr = (self._rr + 1) % len(names)
+        names = names[self._rr:] + names[:self._rr]
+        deadline = time.monotonic() + budget_s
+        fed = 0
+        while names:
+            for name in names:
+                self._feed_frame(self.queues[name].pop())
+                fed += 1
+            names = [name for name in names if self.queues[name].frames]
+            if time.monotonic() >= deadline:
+                break
+        return fed
 
     def feed(self, name: str, samples: np.ndarray, rate: int, *, seq: int, epoch: int,
              mono_ns: int | None = None, wall_ns: int | None = None) -> None:
@@ -216,7 +447,8 @@ class Engine:
             mono = state.resampler(samples)
         else:
             mono = samples[:, 0]
-        mono = np.ascontiguousarray(mono, dtype=np.float32)
+        # float32 frames may hold any finite value, and resampling overshoots: keep the mel finite
+        mono = np.clip(mono, -1.0, 1.0, dtype=np.float32)
         late_before = state.context.stats.dropped_late
         push = state.context.push(mono, seq=seq, epoch=epoch, mono_ns=mono_ns, wall_ns=wall_ns)
         if not push.accepted:
@@ -346,6 +578,9 @@ class Engine:
         """Streams silent for stale_after_s: close their events (reason stale) and say so once."""
         now = time.monotonic()
         for state in self.streams.values():
+            queue = self.queues.get(state.name)
+            if queue is not None and queue.frames:
+                continue  # its frames are here, waiting their turn: the worker is alive
             if not state.stale and state.last_seen and now - state.last_seen > self.stale_after_s:
                 state.stale = True
                 self.counters.stale_transitions += 1
@@ -373,20 +608,34 @@ class Engine:
 
     # -- loop -----------------------------------------------------------------------------------
     def poll_once(self, timeout_ms: int = 20) -> int:
-        """Drain up to RECV_BUDGET frames (waiting up to timeout_ms for the first), serve hops."""
+        """One loop turn: read up to RECV_BUDGET messages into the stream queues (waiting up to
+        timeout_ms for the first when nothing is queued), feed them round-robin for SERVE_BUDGET_S,
+        serve the due hops, check for stale streams. Returns the messages read."""
         n = 0
-        if self.pull is not None and self.pull.poll(timeout_ms):
+        wait = 0 if self.queued_frames else timeout_ms
+        if self.pull is not None and self.pull.poll(wait):
             while n < RECV_BUDGET:
                 try:
                     buf = self.pull.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                self.handle_message(buf)
                 n += 1
+                if not self.enqueue(buf):
+                    break  # a lossless stream's queue is full: its worker waits
+        self.serve_queues()
         while self.step() is not None:
             pass
         self.check_stale()
+        self._retry_event_log()
         return n
+
+    def _retry_event_log(self) -> None:
+        """Edges held while the event log failed are written once it works again, event or not."""
+        event_log = self.publisher.event_log if self.publisher is not None else None
+        now = time.monotonic()
+        if event_log is not None and event_log.stats.backlog and now >= self._next_log_retry:
+            self._next_log_retry = now + LOG_RETRY_S
+            event_log.write([])
 
     def run(self, should_stop: Callable[[], bool], on_idle: Callable[[], None] | None = None) -> None:
         while not should_stop():
@@ -405,3 +654,7 @@ class Engine:
             self.publisher.close()
         if self.pull is not None:
             self.pull.close(0)
+        if self.authenticator is not None:
+            self.authenticator.stop()
+        if self._key_dir is not None:
+            shutil.rmtree(self._key_dir, ignore_errors=True)

@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import sqlite3
 import time
@@ -56,6 +57,7 @@ RETRY_S = 5.0  # seconds between attempts to write a failing log
 SYNC_MODES = ("FULL", "NORMAL")
 CLIP_FORMATS = {"flac": "FLAC", "wav": "WAV"}
 BYTES_PER_MB = 1024 * 1024
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # the wire's stream-id rule, also for labels
 
 
 def event_topic(stream: str, label: str) -> str:
@@ -589,6 +591,11 @@ class ClipWriter:
         self._failing = False
 
     def path_for(self, stream: str, label: str, event_id: str) -> Path:
+        """directory/<stream>/<label>-<event_id>.<fmt>; ValueError for a name that would leave the folder
+        (the config and the engine refuse those before they get here)."""
+        for name in (stream, label, event_id):
+            if not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
+                raise ValueError(f"clips: {name!r} is not a safe file name (1-64 of [A-Za-z0-9_.-], not . or ..)")
         return self.directory / stream / f"{label}-{event_id}.{self.fmt}"
 
     def push(self, stream: str, samples: np.ndarray, start_sample: int) -> list[Path]:

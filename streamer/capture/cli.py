@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -64,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     g.add_argument(
+        "--curve-server-key", metavar="KEY", help="the engine's CURVE public key (Z85) or its .key file"
+    )
+    g.add_argument(
+        "--curve-secret-key-file", metavar="FILE", help="this worker's CURVE key pair (.key_secret file)"
+    )
+    g.add_argument(
         "--metrics-port", type=int, metavar="PORT",
         help="serve this worker's Prometheus metrics on PORT (0: any free port; default: off)",
     )
@@ -85,6 +92,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PARENT_ENV = "SLAP_ENGINE_PID"  # set by the engine's WorkerSupervisor: its pid
+PARENT_POLL_S = 0.5
+
+
+def _stop_with_parent(stop: threading.Event) -> None:
+    """A worker started by an engine stops when that engine is gone (even after kill -9), so no
+    orphan keeps pushing into the ingest port of the next engine run."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not parent.isdigit():
+        return
+
+    def watch() -> None:
+        while not stop.wait(PARENT_POLL_S):
+            if os.getppid() != int(parent):
+                log.warning("engine (pid %s) is gone: stopping", parent)
+                stop.set()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def curve_keys(server_key: str | None, secret_key_file: str | None) -> tuple[bytes, bytes, bytes] | None:
+    """(server public, client public, client secret) for Pusher(curve=...), or None without CURVE.
+
+    server_key: the engine's public key, 40 Z85 characters or a zmq.auth certificate file;
+    secret_key_file: this worker's `.key_secret` file (zmq.auth.create_certificates)."""
+    if server_key is None and secret_key_file is None:
+        return None
+    if server_key is None or secret_key_file is None:
+        raise SourceError("CURVE needs both --curve-server-key and --curve-secret-key-file")
+    import zmq.auth
+
+    if len(server_key) == 40 and not os.path.exists(server_key):
+        server_public = server_key.encode("ascii", "replace")
+    else:
+        try:
+            server_public = zmq.auth.load_certificate(server_key)[0]
+        except (OSError, ValueError) as e:
+            raise SourceError(f"--curve-server-key: not a Z85 key nor a key file: {e}") from None
+    try:
+        public, secret = zmq.auth.load_certificate(secret_key_file)
+    except (OSError, ValueError) as e:
+        raise SourceError(f"--curve-secret-key-file: cannot read {secret_key_file}: {e}") from None
+    if secret is None:
+        raise SourceError(f"--curve-secret-key-file: {secret_key_file} holds no secret key (use the .key_secret file)")
+    return server_public, public, secret
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -104,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    _stop_with_parent(stop)
+    try:
+        args.curve = curve_keys(args.curve_server_key, args.curve_secret_key_file)
+    except SourceError as e:
+        log.error("%s", e)
+        return e.exit_code
     metrics = _serve_metrics(args)
     try:
         return args.module.run(args, stop)

@@ -66,7 +66,10 @@ class PusherStats:
 
 
 class Pusher:
-    """PUSH socket + framing for one stream. Use as a context manager, or call close()."""
+    """PUSH socket + framing for one stream. Use as a context manager, or call close().
+
+    curve: (engine public key, this worker's public key, its secret key), Z85: CURVE encryption
+    and authentication toward an engine with `outputs.curve`; None: plain TCP."""
 
     def __init__(
         self,
@@ -82,6 +85,7 @@ class Pusher:
         block: bool = False,
         stop: threading.Event | None = None,
         epoch: int | None = None,
+        curve: tuple[bytes, bytes, bytes] | None = None,
     ):
         self.stream_id = validate_stream_id(stream_id)
         self.sample_rate = sample_rate
@@ -109,6 +113,8 @@ class Pusher:
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
         self._sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only for a connected engine: none = drop now
+        if curve is not None:  # (engine public, our public, our secret): encrypted, and the engine checks our key
+            self._sock.curve_serverkey, self._sock.curve_publickey, self._sock.curve_secretkey = curve
         try:
             self._sock.connect(endpoint)
         except zmq.ZMQError as e:
@@ -245,6 +251,7 @@ def pusher_from_args(args, sample_rate: int, channels: int, stop: threading.Even
         linger_ms=args.linger_ms,
         block=block,
         stop=stop,
+        curve=getattr(args, "curve", None),
     )
     on_pusher = getattr(args, "on_pusher", None)
     if on_pusher is not None:
