@@ -112,18 +112,21 @@ class WorkerSupervisor:
     """Starts one capture worker per source and restarts any that exits, with capped backoff.
     extra_args: appended to every worker's command line (the engine's CURVE flags)."""
 
-    def __init__(self, sources, endpoint: str, extra_args: list[str] | None = None):
+    def __init__(self, sources, endpoint: str, extra_args: list[str] | None = None, metrics_port: int | None = None):
         self.sources = {s.name: s for s in sources}
         self.endpoint = endpoint
         self.extra_args = list(extra_args or [])
+        # worker i exports its own metrics on metrics_port + 1 + i (the engine's is metrics_port)
+        self.metrics_ports = {name: metrics_port + 1 + i for i, name in enumerate(self.sources)} if metrics_port else {}
         self.procs: dict[str, subprocess.Popen] = {}
         self.restarts: dict[str, int] = {}
         self.next_start: dict[str, float] = {}
 
     def start(self, name: str) -> None:
         s = self.sources[name]
-        self.procs[name] = subprocess.Popen(worker_command(s, self.endpoint) + self.extra_args, env=worker_env(s),
-                                            stdin=subprocess.DEVNULL)
+        metrics = ["--metrics-port", str(self.metrics_ports[name])] if name in self.metrics_ports else []
+        self.procs[name] = subprocess.Popen(worker_command(s, self.endpoint) + self.extra_args + metrics,
+                                            env=worker_env(s), stdin=subprocess.DEVNULL)
         log.info("worker %s (%s) started, pid %d", name, s.kind, self.procs[name].pid)
 
     def start_all(self) -> None:
@@ -224,7 +227,8 @@ def run_main(argv: list[str]) -> int:
     watcher = ConfigWatcher(path) if not args.source and args.config else None
     if watcher is not None:
         watcher.prime()
-    supervisor = WorkerSupervisor(cfg.sources, engine.ingest_endpoint, engine.worker_args)
+    supervisor = WorkerSupervisor(cfg.sources, engine.ingest_endpoint, engine.worker_args,
+                                  cfg.metrics.port if metrics is not None else None)
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))

@@ -108,8 +108,10 @@ class HopStats:
     detect_s: float
     publish_s: float
     end_to_end_s: list[float]  # per window: capture wall time of its newest sample -> published
-    deadline_misses: int
+    deadline_misses: int  # windows whose queue wait + step exceeded the hop (served after the next fell due)
     new_events: int
+    streams: list[str] = field(default_factory=list)  # stream of each window, in window order
+    capture_to_engine_s: list[float] = field(default_factory=list)  # per window with a capture time: newest sample's capture -> fed to the context
 
 
 @dataclass
@@ -123,6 +125,7 @@ class StreamState:
     last_seen: float = 0.0  # monotonic seconds of the last accepted frame
     due_since: float | None = None  # monotonic seconds when the pending hop fell due
     newest_wall: float | None = None  # capture wall clock (Unix s) of the newest sample
+    arrival_lag: float | None = None  # seconds from the newest sample's capture to its feed into the context
     stale: bool = False
 
 
@@ -459,6 +462,7 @@ class Engine:
         state.last_seen = now
         if wall_ns is not None:
             state.newest_wall = wall_ns / 1e9 + len(mono) / TARGET_RATE
+            state.arrival_lag = time.time() - state.newest_wall
         if state.stale:
             state.stale = False
             log.info("stream %s: live again", name)
@@ -525,7 +529,8 @@ class Engine:
         self.counters.audio_seconds += sum(s.context.hop_frames / 100 for s in due)
         self.counters.busy_seconds += t_pub - t_start
         stats = HopStats(len(due), queue_wait, t_enc - t_start, t_match - t_enc, t_detect - t_match,
-                         t_pub - t_detect, e2e, misses, new_events)
+                         t_pub - t_detect, e2e, misses, new_events, [s.name for s in due],
+                         [s.arrival_lag for s in due if s.arrival_lag is not None])
         if self.on_hop is not None:
             self.on_hop(stats)
         return stats

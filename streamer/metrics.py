@@ -91,8 +91,8 @@ class Metrics:
         # -- engine, per window or per step: observed from on_hop(HopStats)
         self.capture_to_engine = _histogram(
             "slap_capture_to_engine_seconds",
-            "Capture of a window's newest sample to the engine reading the frame that made its hop due "
-            "(derived: end to end - queue wait - processing)", LATENCY_BUCKETS)
+            "Capture of a stream's newest sample to its frame entering the stream's context "
+            "(socket transit and per-stream queueing)", LATENCY_BUCKETS)
         self.queue_wait = _histogram(
             "slap_queue_wait_seconds", "A hop falling due (its last frame read) to its encoder call starting",
             LATENCY_BUCKETS)
@@ -252,13 +252,8 @@ class EngineMetrics:
             m.queue_wait.observe(q)
         for e in stats.end_to_end_s:
             m.end_to_end.observe(e)
-        # HopStats has no per-frame arrival time: capture -> engine is what remains of a window's end
-        # to end after its queue wait and the step. The lists line up only when every window of the
-        # step had a capture time (end_to_end_s leaves out windows without one).
-        if len(stats.end_to_end_s) == len(stats.queue_wait_s):
-            step = stats.encode_s + stats.match_s + stats.detect_s + stats.publish_s
-            for e, q in zip(stats.end_to_end_s, stats.queue_wait_s):
-                m.capture_to_engine.observe(max(0.0, e - q - step))
+        for c in stats.capture_to_engine_s:
+            m.capture_to_engine.observe(max(0.0, c))
 
     # -- scrape -------------------------------------------------------------------------------
     def collect(self) -> Iterator[Metric]:
