@@ -42,7 +42,7 @@ def test_frame_labels_mark_the_columns_an_event_covers():
 def test_overfit_200_steps_drives_every_loss_term_down(tmp_path):
     torch.manual_seed(0)
     cfg = TrainConfig(model="slap-tiny", out=str(tmp_path), steps=200, batch_size=16, lr=1e-3, warmup_steps=20,
-                      log_every=50, ckpt_every=1000, max_seconds=2.0, spec_freq_masks=0, spec_time_masks=0)
+                      log_every=50, ckpt_every=1000, max_seconds=1.0, spec_freq_masks=0, spec_time_masks=0)
     hist = train(cfg, corpus=ToneCorpus(16))["history"]
     first = {k: np.mean([h[k] for h in hist[:10]]) for k in ("clap", "ssl", "caption", "frame")}
     last = {k: np.mean([h[k] for h in hist[-10:]]) for k in first}
