@@ -3,8 +3,8 @@
 The frame loss learns `score = sigmoid(scale * cos + bias)` jointly with the encoder, but two
 scalars move slowly at the encoder's learning rate, so a short run ends with scores whose 0.5
 does not mean "present". This fits the two scalars by logistic regression on (column, prompt)
-pairs of the **train** split, with the encoder frozen, and writes them back into the weights.
-The engine's thresholds then read as probabilities.
+pairs of the **train** split, with the encoder frozen and positives weighted to equal priors
+(see `fit_platt`), and writes them back into the weights.
 
     python -m encoder.calibrate --model runs/slap-tiny/model.safetensors --corpus cache/corpus --out F
 """
@@ -49,16 +49,23 @@ def collect_pairs(model, corpus, split: str, max_clips: int, max_seconds: float,
     return np.concatenate(cos_all), np.concatenate(y_all)
 
 
-def fit_platt(cos: np.ndarray, y: np.ndarray, steps: int = 200) -> tuple[float, float]:
-    """(scale, bias) minimising the logistic loss of sigmoid(scale * cos + bias) against y."""
+def fit_platt(cos: np.ndarray, y: np.ndarray, steps: int = 200, balanced: bool = False) -> tuple[float, float]:
+    """(scale, bias) minimising the logistic loss of sigmoid(scale * cos + bias) against y.
+
+    balanced: weight positives by n_neg / n_pos, i.e. fit under equal priors. The corpus prior
+    (one class in ~100 sounding in a column) would put almost every score near 0; with equal
+    priors a score of 0.5 means the evidence for and against the prompt is even, which is what a
+    detector threshold of 0.5 should mean whatever the number of prompts."""
     x, t = torch.from_numpy(cos).double(), torch.from_numpy(y).double()
+    n_pos = max(float(y.sum()), 1.0)
+    pos_weight = torch.tensor((len(y) - n_pos) / n_pos if balanced else 1.0, dtype=torch.float64)
     log_scale = torch.tensor(math.log(10.0), dtype=torch.float64, requires_grad=True)
     bias = torch.tensor(-5.0, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_scale, bias], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(log_scale.exp() * x + bias, t)
+        loss = F.binary_cross_entropy_with_logits(log_scale.exp() * x + bias, t, pos_weight=pos_weight)
         loss.backward()
         return loss
 
@@ -82,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model)
     cos, y = collect_pairs(model, Corpus(args.corpus), "train", args.max_clips, args.max_seconds, args.seed)
     before = (model.frame_loss.log_scale.exp().item(), model.frame_loss.bias.item())
-    scale, bias = fit_platt(cos, y)
+    scale, bias = fit_platt(cos, y, balanced=True)
     with torch.no_grad():
         model.frame_loss.log_scale.fill_(math.log(scale))
         model.frame_loss.bias.fill_(bias)
