@@ -49,6 +49,9 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 100
     threads: int = 0  # torch intra-op threads per rank; 0 = leave torch's default
+    # Start from shipped weights (e.g. models/slap-tiny.safetensors) when <out>/ckpt.pt is absent:
+    # how a later session goes on training without the (large, uncommitted) optimizer checkpoint.
+    init_from: str = ""
 
 
 # --- data ------------------------------------------------------------------------------
@@ -175,6 +178,17 @@ def ema_momentum_at(step: int, total: int, start: float, end: float) -> float:
     return end - (end - start) * 0.5 * (1 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
 
 
+def init_from_weights(model: SLAP, path: str) -> None:
+    """Load shipped (inference) weights into a training model; the EMA teacher starts as a copy."""
+    from encoder.checkpoint import load_model
+
+    shipped = load_model(path)
+    if shipped.cfg.to_dict()["audio_cfg"] != model.cfg.to_dict()["audio_cfg"]:
+        raise ValueError(f"{path}: its audio encoder config differs from {model.cfg.name}'s")
+    model.load_state_dict(shipped.state_dict(), strict=False)
+    model.teacher["audio"].load_state_dict(model.audio.state_dict())
+
+
 def configure_optimizer(model: SLAP, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; weight decay only on matrices (dim >= 2), never on norms, scales or biases."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -215,6 +229,10 @@ def train(cfg: TrainConfig, corpus=None, on_step=None) -> dict:
     opt = configure_optimizer(model, cfg)
     step = 0
     ckpt_path = out / "ckpt.pt"
+    if not ckpt_path.exists() and cfg.init_from:
+        init_from_weights(model, cfg.init_from)
+        if master:
+            print(f"initialised from {cfg.init_from} (optimizer and teacher start afresh)", file=sys.stderr)
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(ckpt["model"])

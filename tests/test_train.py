@@ -76,3 +76,19 @@ def test_cached_text_features_give_the_towers_embeddings():
         direct = tower(*tower.tokenize(texts))
         cached = tower.proj(TextFeatureCache(tower)(texts))
     assert torch.allclose(direct, cached, atol=1e-5)
+
+
+def test_training_can_start_from_shipped_weights(tmp_path):
+    from encoder.checkpoint import save_weights
+    from encoder.slap import SLAP, get_config
+    from encoder.train import init_from_weights
+
+    torch.manual_seed(1)
+    shipped = SLAP(get_config("slap-tiny"))
+    path = save_weights(shipped, tmp_path / "m.safetensors", fp16=False)
+    torch.manual_seed(2)
+    fresh = SLAP(get_config("slap-tiny"))
+    init_from_weights(fresh, str(path))
+    for a, b in ((fresh.audio, shipped.audio), (fresh.teacher["audio"], shipped.audio)):
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert torch.equal(fresh.text.proj.weight, shipped.text.proj.weight)
