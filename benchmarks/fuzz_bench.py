@@ -47,7 +47,7 @@ from streamer.wire import (
 KINDS = ("random", "bitflip", "truncated", "oversize", "valid")
 CHUNK = 1000  # messages of one kind in a row
 # --socket: the engine takes each chunk before the next is sent; a chunk of valid frames arrives
-# as a burst of one stream, so it stays under engine.QUEUE_FRAMES (more would be dropped as a flood)
+# as a burst of one stream, so it stays under ingest.QUEUE_FRAMES (more would be dropped as a flood)
 SOCKET_CHUNK = 200
 STREAMS = ("ctl", "mut")  # the engine's known streams (a flipped id is an unknown stream)
 CI_MESSAGES = 20_000  # the slice tests/test_reliability.py runs

@@ -27,12 +27,11 @@ workers, which get a key pair made at start (`worker_args`).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import shutil
 import tempfile
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from encoder.frontend import PATCH_FRAMES, SECONDS_PER_COLUMN
 from streamer.config import CurveConfig, EngineConfig
 from streamer.context import COLUMN_SAMPLES, StreamContext, Window
 from streamer.detector import EventDetector, EventEdge, Smoothing
+from streamer.ingest import QUEUE_BYTES, QUEUE_FRAMES, FrameQueue, WorkerKeys, is_loopback
 from streamer.matcher import Calibration, Matcher, PromptCache, prompt_embeddings
 from streamer.publish import ClipWriter, Event, EventLog, Publisher, new_event_id
 from streamer.resample import TARGET_RATE, StreamResampler
@@ -54,8 +54,6 @@ log = logging.getLogger("streamer.engine")
 MAX_BATCH = 32  # windows per encoder call; more due hops wait for the next call
 RECV_BUDGET = 512  # messages read from the socket per loop turn (decode only: ~6 us each)
 SERVE_BUDGET_S = 0.05  # seconds of feeding queued frames per loop turn before due hops are served
-QUEUE_FRAMES = 512  # frames queued per stream (51 s of 100 ms frames) ...
-QUEUE_BYTES = 16 * 1024 * 1024  # ... holding at most 16 MiB of samples; past either, the oldest go
 MAX_STREAMS = 256  # distinct stream ids taken when the engine has no list of streams (tag, tests)
 MAX_MESSAGE_BYTES = 2 * MAX_FRAME_BYTES  # larger messages are cut by ZeroMQ (it drops the peer)
 STALE_AFTER_S = 2.0  # no frame for this long: the stream is stale (events closed, status sent)
@@ -129,82 +127,6 @@ class StreamState:
     stale: bool = False
 
 
-class FrameQueue:
-    """One stream's decoded frames between the socket and its context, oldest first.
-
-    Bounded by `max_frames` and `max_bytes` of payload: `push` drops the oldest frames past either
-    bound and returns how many (a lossless queue never drops: its caller stops reading instead).
-    """
-
-    def __init__(self, max_frames: int = QUEUE_FRAMES, max_bytes: int = QUEUE_BYTES, lossless: bool = False):
-        self.frames: deque[Frame] = deque()
-        self.bytes = 0
-        self.max_frames, self.max_bytes, self.lossless = max_frames, max_bytes, lossless
-        self.dropped = 0
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    @property
-    def full(self) -> bool:
-        return len(self.frames) >= self.max_frames or self.bytes >= self.max_bytes
-
-    def push(self, frame: Frame) -> int:
-        self.frames.append(frame)
-        self.bytes += len(frame.payload)
-        dropped = 0
-        while not self.lossless and len(self.frames) > 1 and (
-                len(self.frames) > self.max_frames or self.bytes > self.max_bytes):
-            self.bytes -= len(self.frames.popleft().payload)
-            dropped += 1
-        self.dropped += dropped
-        return dropped
-
-    def pop(self) -> Frame:
-        frame = self.frames.popleft()
-        self.bytes -= len(frame.payload)
-        return frame
-
-
-class _WorkerKeys:
-    """ZAP credentials check for CURVE: the public keys in a directory (re-read at each connection,
-    so adding or removing a key file needs no restart) plus keys given at start. Runs on the
-    authenticator's thread."""
-
-    def __init__(self, directory: Path, extra: set[bytes], on_refused: Callable[[bytes], None]):
-        self.directory, self.extra, self.on_refused = directory, extra, on_refused
-
-    def allowed(self) -> set[bytes]:
-        from zmq.auth import load_certificates
-
-        try:
-            return set(load_certificates(str(self.directory))) | self.extra
-        except (OSError, ValueError) as e:
-            log.error("CURVE: cannot read the authorized keys in %s (%s): only the engine's own workers are admitted",
-                      self.directory, e)
-            return set(self.extra)
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        ok = key in self.allowed()
-        if not ok:
-            self.on_refused(key)
-        return ok
-
-
-def _is_loopback(endpoint: str) -> bool:
-    """True for inproc/ipc endpoints and tcp ones bound to a loopback address or localhost."""
-    scheme, _, rest = endpoint.partition("://")
-    if scheme != "tcp":
-        return True
-    host = rest.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # an interface name or "*": every address
-
-
 class Engine:
     """Owns the sockets and per-stream state; `run()` loops, `step()` serves due hops once.
 
@@ -263,7 +185,7 @@ class Engine:
                 self._secure_ingest(cfg.outputs.curve)
             self.pull.bind(cfg.outputs.ingest_endpoint)
             self.ingest_endpoint = self.pull.getsockopt(zmq.LAST_ENDPOINT).decode()
-            if cfg.outputs.curve is None and not _is_loopback(self.ingest_endpoint):
+            if cfg.outputs.curve is None and not is_loopback(self.ingest_endpoint):
                 log.warning("ingest endpoint %s accepts audio from other machines without authentication; "
                             "set outputs.curve to admit only known workers", self.ingest_endpoint)
             self.publisher = Publisher(cfg.outputs.pub_endpoint, event_log=event_log, context=self.zmq)
@@ -296,7 +218,7 @@ class Engine:
         self.authenticator = ThreadAuthenticator(self.zmq, log=logging.getLogger("streamer.auth"))
         self.authenticator.start()
         self.authenticator.configure_curve_callback(
-            "*", _WorkerKeys(Path(curve.authorized_keys_dir), {worker_public}, refused))
+            "*", WorkerKeys(Path(curve.authorized_keys_dir), {worker_public}, refused))
         self.pull.curve_secretkey = secret
         self.pull.curve_publickey = public
         self.pull.curve_server = True
