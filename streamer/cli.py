@@ -32,11 +32,16 @@ def _setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def _open_backend(cfg: EngineConfig):
-    from encoder.runtime import open_backend
+def _open_backend(cfg: EngineConfig, prog: str):
+    """The config's encoder backend, or None after printing the one-line reason."""
+    from encoder.runtime import BackendError, open_backend
 
-    return open_backend(cfg.model.backend, cfg.model.path, cfg.model.cache_dir or "cache",
-                        cfg.model.threads or None)
+    try:
+        return open_backend(cfg.model.backend, cfg.model.path, cfg.model.cache_dir or "cache",
+                            cfg.model.threads or None)
+    except BackendError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return None
 
 
 def _format_event(p: dict) -> str:
@@ -193,13 +198,10 @@ def run_main(argv: list[str]) -> int:
     if not cfg.sources:
         print(f"main.py: {path}: no sources; give --source mic|file:PATH|synth|net:URL", file=sys.stderr)
         return 2
-    from encoder.runtime import BackendError
     from streamer.engine import Engine
 
-    try:
-        backend = _open_backend(cfg)
-    except BackendError as e:
-        print(f"main.py: {e}", file=sys.stderr)
+    backend = _open_backend(cfg, "main.py")
+    if backend is None:
         return 2
 
     def show(payloads: list[dict]) -> None:
@@ -342,13 +344,10 @@ def tag_main(argv: list[str]) -> int:
     except (ConfigError, ValueError) as e:
         print(f"main.py tag: {e}".splitlines()[0], file=sys.stderr)
         return 2
-    from encoder.runtime import BackendError
     from streamer.engine import Engine
 
-    try:
-        backend = _open_backend(cfg)
-    except BackendError as e:
-        print(f"main.py tag: {e}", file=sys.stderr)
+    backend = _open_backend(cfg, "main.py tag")
+    if backend is None:
         return 2
 
     def show(payloads: list[dict]) -> None:
