@@ -120,18 +120,23 @@ def targets_for(clip, labels: list[str], n_cols: int) -> np.ndarray:
     return y
 
 
-def slap_scores(backend, audio: list[np.ndarray], prompts: list[str], calib: tuple[float, float]) -> ClipScores:
-    emb = backend.embed_text(prompts)
-    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    clip, cols = [], []
+def encode_clips(backend, audio: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each clip once through the encoder: (unit global (E,), unit valid columns (C, E))."""
+    out = []
     for x in audio:
         mel = log_mel(x)[None]
-        cols_e, valid, glob = backend.encode(mel, np.array([mel.shape[-1]], np.int64))
-        g = glob[0] / np.linalg.norm(glob[0])
-        clip.append(g @ emb.T)
-        c = cols_e[0][valid[0]]
-        c = c / np.linalg.norm(c, axis=1, keepdims=True)
-        cols.append(1 / (1 + np.exp(-(calib[0] * (c @ emb.T) + calib[1]))))
+        cols, valid, glob = backend.encode(mel, np.array([mel.shape[-1]], np.int64))
+        c = cols[0][valid[0]]
+        out.append((glob[0] / np.linalg.norm(glob[0]), c / np.linalg.norm(c, axis=1, keepdims=True)))
+    return out
+
+
+def slap_scores(backend, encoded: list[tuple[np.ndarray, np.ndarray]], prompts: list[str],
+                calib: tuple[float, float]) -> ClipScores:
+    emb = backend.embed_text(prompts)
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    clip = [g @ emb.T for g, _ in encoded]
+    cols = [1 / (1 + np.exp(-(calib[0] * (c @ emb.T) + calib[1]))) for _, c in encoded]
     return ClipScores(np.stack(clip), cols)
 
 
@@ -181,20 +186,18 @@ def evaluate(model_path: str, corpus_path: str, cache_dir: str, max_clips: int, 
     backend = open_backend("onnx", model_path, cache_dir, threads)
     cal = backend.manifest["calibration"]
     calib = (float(np.exp(cal["frame_log_scale"])), float(cal["frame_bias"]))
-    ours = slap_scores(backend, audio, prompts, calib)
-    ours_para = slap_scores(backend, audio, paraphrases, calib)
+    encoded = encode_clips(backend, audio)
+    ours = slap_scores(backend, encoded, prompts, calib)
+    ours_para = slap_scores(backend, encoded, paraphrases, calib)
     base = yamnet_scores(audio, yamnet_mapping(prompts), Path(cache_dir))
 
     caption_emb = backend.embed_text([c.captions[0] for c in clips])
-    clip_emb = []
-    for x in audio:
-        mel = log_mel(x)[None]
-        clip_emb.append(backend.encode(mel, np.array([mel.shape[-1]], np.int64))[2][0])
+    clip_emb = np.stack([g for g, _ in encoded])
     norm = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
     return {
         "clips": len(clips), "classes": len(labels), "hours": round(sum(map(len, audio)) / 16000 / 3600, 3),
         "slap": classification_metrics(ours.clip_scores, truth) | best_frame_metrics(ours.column_scores, targets)
-        | retrieval_metrics(norm(np.stack(clip_emb)), norm(caption_emb)),
+        | retrieval_metrics(clip_emb, norm(caption_emb)),
         "slap_paraphrase": classification_metrics(ours_para.clip_scores, truth),
         "yamnet": classification_metrics(base.clip_scores, truth) | best_frame_metrics(base.column_scores, targets),
     }
