@@ -24,15 +24,13 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import (
-    CONTEXT_S,
     DEADLINE_MARGIN_S,
-    HOP_S,
     CpuMeter,
     EngineProcess,
     Progress,
     Workers,
+    add_engine_args,
     bench_audio,
-    default_threads,
     held,
     machine,
     ms,
@@ -224,11 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="main.py bench capacity", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="onnx only, a short ladder, shorter windows (~2 min)")
     p.add_argument("--backends", default=None, help="comma-separated: onnx, torch, tensorrt (default onnx,torch)")
-    p.add_argument("--model", default="slap-tiny", help="weights file or config name (random weights)")
-    p.add_argument("--cache-dir", type=Path, default=Path("cache"))
-    p.add_argument("--threads", type=int, default=default_threads(), help="intra-op threads, engine and YAMNet")
-    p.add_argument("--context", type=float, default=CONTEXT_S, help="seconds of context per window")
-    p.add_argument("--hop", type=float, default=HOP_S, help="seconds between a stream's windows")
+    add_engine_args(p)
     p.add_argument("--measure", type=float, default=None, help="seconds measured per load (default 8, quick 4)")
     p.add_argument("--refine", type=int, default=2, help="bisection steps after the ladder")
     p.add_argument("--max-streams", type=int, default=64)

@@ -43,6 +43,15 @@ def default_threads() -> int:
     return min(4, os.cpu_count() or 1)
 
 
+def add_engine_args(p) -> None:
+    """The engine options every load scenario shares (capacity, latency, memory)."""
+    p.add_argument("--model", default="slap-tiny", help="weights file or config name (random weights)")
+    p.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    p.add_argument("--threads", type=int, default=default_threads(), help="intra-op threads, engine and YAMNet")
+    p.add_argument("--context", type=float, default=CONTEXT_S, help="seconds of context per window")
+    p.add_argument("--hop", type=float, default=HOP_S, help="seconds between a stream's windows")
+
+
 # ------------------------------------------------------------------------------------ progress
 
 

@@ -18,15 +18,13 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import (
-    CONTEXT_S,
     DEADLINE_MARGIN_S,
-    HOP_S,
     CpuMeter,
     EngineProcess,
     Progress,
     Workers,
+    add_engine_args,
     bench_audio,
-    default_threads,
     machine,
     ms,
     percentiles,
@@ -140,11 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", default="onnx", help="comma-separated: onnx, torch, tensorrt (default onnx)")
     p.add_argument("--streams", type=int, nargs="+", default=list(STREAMS))
     p.add_argument("--seconds", type=float, default=None, help="seconds measured per point (default 20, quick 6)")
-    p.add_argument("--model", default="slap-tiny")
-    p.add_argument("--cache-dir", type=Path, default=Path("cache"))
-    p.add_argument("--threads", type=int, default=default_threads())
-    p.add_argument("--context", type=float, default=CONTEXT_S)
-    p.add_argument("--hop", type=float, default=HOP_S)
+    add_engine_args(p)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     args.seconds = args.seconds or (6.0 if args.quick else 20.0)

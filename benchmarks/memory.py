@@ -21,15 +21,13 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import (
-    CONTEXT_S,
-    HOP_S,
     ROOT,
     CpuMeter,
     EngineProcess,
     Progress,
     Workers,
+    add_engine_args,
     bench_audio,
-    default_threads,
     machine,
     pyplot,
     write_outputs,
@@ -128,11 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="onnx")
     p.add_argument("--streams", type=int, nargs="+", default=list(STREAMS))
     p.add_argument("--seconds", type=float, default=None, help="seconds per point (default context + 5, quick context + 2)")
-    p.add_argument("--model", default="slap-tiny")
-    p.add_argument("--cache-dir", type=Path, default=Path("cache"))
-    p.add_argument("--threads", type=int, default=default_threads())
-    p.add_argument("--context", type=float, default=CONTEXT_S)
-    p.add_argument("--hop", type=float, default=HOP_S)
+    add_engine_args(p)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     args.seconds = args.seconds or args.context + (2.0 if args.quick else 5.0)
