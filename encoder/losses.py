@@ -1,7 +1,8 @@
 """SLAP's single-stage objective, one class per term (open_clip `loss.py` style).
 
 L = w_clap * ContrastiveLoss + w_ssl * MaskedPredictionLoss + w_cap * CaptionLoss
-    + w_frame * FrameLoss            (recipe weights 1.0 / 1.0 / 0.5, frame weight ours)
+    + w_frame * FrameLoss + w_distill * DistillationLoss
+                                     (recipe weights 1.0 / 1.0 / 0.5; frame and distill terms ours)
 
 Every loss returns a dict of named terms so training logs each one.
 """
@@ -145,3 +146,30 @@ class FrameLoss(nn.Module):
         per = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none")
         mask = column_valid[..., None].to(per.dtype)
         return {"frame": (per * mask).sum() / mask.sum().clamp(min=1)}
+
+
+class DistillationLoss(nn.Module):
+    """Soft-target binary cross-entropy to a teacher's multi-label class scores (ours, not SLAP's),
+    on the clip embedding and on every valid dense column.
+
+    Summed over the teacher's classes (its few active classes carry the information, as in
+    FrameLoss) and averaged over clips / columns; the targets' own entropy is subtracted, so a term
+    is 0 exactly when the student reproduces the teacher and the log reads as a divergence.
+    """
+
+    @staticmethod
+    def divergence(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(..., K), (..., K) -> (...)."""
+        t = targets.to(logits.dtype).clamp(0.0, 1.0)
+        per = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+        return (per + torch.xlogy(t, t) + torch.xlogy(1 - t, 1 - t)).sum(-1)
+
+    def forward(
+        self, clip_logits: torch.Tensor, clip_targets: torch.Tensor,
+        column_logits: torch.Tensor, column_targets: torch.Tensor, column_valid: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """clip_*: (B, K); column_*: (B, C, K); column_valid: (B, C) bool."""
+        clip = self.divergence(clip_logits, clip_targets).mean()
+        w = column_valid.to(clip.dtype)
+        col = (self.divergence(column_logits, column_targets) * w).sum() / w.sum().clamp(min=1)
+        return {"distill": clip + col}

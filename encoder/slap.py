@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from encoder.decoder import CaptionDecoder, DecoderConfig
 from encoder.frontend import FREQ_PATCHES, PATCH_FRAMES
-from encoder.losses import CaptionLoss, ContrastiveLoss, FrameLoss, MaskedPredictionLoss
+from encoder.losses import CaptionLoss, ContrastiveLoss, DistillationLoss, FrameLoss, MaskedPredictionLoss
 from encoder.model import AudioEncoder, AudioOutput, EncoderConfig, count_params
 from encoder.text import TextConfig, TextTower
 
@@ -48,6 +48,14 @@ class LossWeights:
     ssl: float = 1.0
     caption: float = 0.5
     frame: float = 1.0  # ours: SLAP has no frame-level term
+    distill: float = 0.0  # ours: YAMNet teacher scores (encoder.data.teacher); 0 = off
+
+
+@dataclass
+class DistillConfig:
+    """A linear head from the joint space to a teacher's class scores; training only."""
+
+    n_classes: int = 521  # YAMNet's AudioSet ontology
 
 
 @dataclass
@@ -58,6 +66,7 @@ class SLAPConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     loss_weights: LossWeights = field(default_factory=LossWeights)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     row_tokens: int = 1024  # packed training rows: tokens per row (~41 s of audio)
 
     @classmethod
@@ -69,6 +78,7 @@ class SLAPConfig:
             decoder=DecoderConfig(**d.get("decoder_cfg", {})),
             ssl=SSLConfig(**d.get("ssl_cfg", {})),
             loss_weights=LossWeights(**d.get("loss_weights", {})),
+            distill=DistillConfig(**d.get("distill_cfg", {})),
             row_tokens=d.get("row_tokens", 1024),
         )
 
@@ -80,6 +90,7 @@ class SLAPConfig:
             "decoder_cfg": asdict(self.decoder),
             "ssl_cfg": asdict(self.ssl),
             "loss_weights": asdict(self.loss_weights),
+            "distill_cfg": asdict(self.distill),
             "row_tokens": self.row_tokens,
         }
 
@@ -121,6 +132,9 @@ class Batch:
     # ids when the tower is frozen below its projection (TextTower.frozen_features).
     text_feats: torch.Tensor | None = None
     prompt_feats: torch.Tensor | None = None
+    # Teacher (YAMNet) class scores for the distillation term: per clip (B, K), per column (B, C, K).
+    teacher_clip: torch.Tensor | None = None
+    teacher_columns: torch.Tensor | None = None
 
 
 class PrototypeHead(nn.Module):
@@ -161,6 +175,9 @@ class SLAP(nn.Module):
         self.ssl_loss = MaskedPredictionLoss(s.n_prototypes, s.student_temp, s.teacher_temp, s.center_momentum)
         self.caption_loss = CaptionLoss(self.text.pad_id)
         self.frame_loss = FrameLoss()
+        self.distill_head = nn.Linear(cfg.audio.embed_dim, cfg.distill.n_classes)
+        nn.init.constant_(self.distill_head.bias, -4.0)  # most teacher classes are ~0 for any clip
+        self.distill_loss = DistillationLoss()
 
     def encode_audio(self, mel: torch.Tensor, lengths: torch.Tensor) -> AudioOutput:
         return self.audio(mel, lengths)
@@ -169,10 +186,12 @@ class SLAP(nn.Module):
         return self.text(ids, mask)
 
     def forward(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """All loss terms of one batch and their weighted sum under "loss"."""
+        """All loss terms of one batch and their weighted sum under "loss". A term whose weight is
+        0 is not computed (the ablations: no SSL, no captioning), so it costs nothing."""
+        w = asdict(self.cfg.loss_weights)
         B = batch.mel.shape[0]
         n_tokens = (batch.mel.shape[-1] // PATCH_FRAMES) * FREQ_PATCHES
-        n_masked = int(round(B * self.cfg.ssl.masked_clip_fraction))
+        n_masked = int(round(B * self.cfg.ssl.masked_clip_fraction)) if w["ssl"] else 0
         token_mask = random_token_mask(batch.lengths, n_tokens, self.cfg.ssl.mask_ratio, generator)
         token_mask[n_masked:] = False
         student = self.audio.forward_packed(batch.mel, batch.lengths, token_mask, self.cfg.row_tokens)
@@ -180,15 +199,17 @@ class SLAP(nn.Module):
         text = self.text.proj(batch.text_feats) if batch.text_feats is not None else self.text(batch.text_ids, batch.text_mask)
         terms = self.clap_loss(student.global_emb, text)
 
-        with torch.no_grad():
-            self.teacher.eval()
-            t_out = self.teacher["audio"].forward_packed(batch.mel[:n_masked], batch.lengths[:n_masked], None, self.cfg.row_tokens)
-            t_scores = self.teacher["head"](t_out.tokens[token_mask[:n_masked]])
-        s_scores = self.student_head(student.tokens[:n_masked][token_mask[:n_masked]])
-        terms |= self.ssl_loss(s_scores, t_scores)
+        if n_masked:
+            with torch.no_grad():
+                self.teacher.eval()
+                t_out = self.teacher["audio"].forward_packed(batch.mel[:n_masked], batch.lengths[:n_masked], None, self.cfg.row_tokens)
+                t_scores = self.teacher["head"](t_out.tokens[token_mask[:n_masked]])
+            s_scores = self.student_head(student.tokens[:n_masked][token_mask[:n_masked]])
+            terms |= self.ssl_loss(s_scores, t_scores)
 
-        logits = self.decoder(batch.text_ids[:, :-1], student.tokens, student.token_valid)
-        terms |= self.caption_loss(logits, batch.text_ids[:, 1:])
+        if w["caption"]:
+            logits = self.decoder(batch.text_ids[:, :-1], student.tokens, student.token_valid)
+            terms |= self.caption_loss(logits, batch.text_ids[:, 1:])
 
         if batch.frame_labels is not None and (batch.prompt_ids is not None or batch.prompt_feats is not None):
             if batch.prompt_feats is not None:
@@ -198,9 +219,19 @@ class SLAP(nn.Module):
             labels = batch.frame_labels[:, : student.columns.shape[1]]
             terms |= self.frame_loss(student.columns, student.column_valid, prompts, labels)
 
-        w = asdict(self.cfg.loss_weights)
+        if w["distill"] and batch.teacher_clip is not None and batch.teacher_columns is not None:
+            terms |= self.distill_loss(
+                self.distill_logits(student.global_emb), batch.teacher_clip,
+                self.distill_logits(student.columns), batch.teacher_columns[:, : student.columns.shape[1]],
+                student.column_valid)
+
         terms["loss"] = sum(w[k] * v for k, v in terms.items())
         return terms
+
+    def distill_logits(self, emb: torch.Tensor) -> torch.Tensor:
+        """(..., E) joint-space features -> (..., K) teacher-class logits, on unit-RMS input so the
+        head sees the direction only (what cosine matching uses)."""
+        return self.distill_head(F.normalize(emb, dim=-1) * emb.shape[-1] ** 0.5)
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:

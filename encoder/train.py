@@ -52,6 +52,26 @@ class TrainConfig:
     # Start from shipped weights (e.g. models/slap-tiny.safetensors) when <out>/ckpt.pt is absent:
     # how a later session goes on training without the (large, uncommitted) optimizer checkpoint.
     init_from: str = ""
+    # Loss-weight overrides over the model config's, e.g. "ssl=0,caption=0" (the ablations) or
+    # "distill=1"; a term weighted 0 is skipped.
+    weights: str = ""
+
+
+def parse_weights(spec: str) -> dict[str, float]:
+    """"ssl=0,caption=0.5" -> {"ssl": 0.0, "caption": 0.5}; unknown terms are an error."""
+    from encoder.slap import LossWeights
+
+    known = {f.name for f in fields(LossWeights)}
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or name.strip() not in known:
+            raise ValueError(f"--weights: expected TERM=NUMBER with TERM in {sorted(known)}, got {part!r}")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--weights: {part!r}: {value!r} is not a number") from None
+    return out
 
 
 # --- data ------------------------------------------------------------------------------
@@ -74,10 +94,12 @@ def frame_labels(events, label_index: dict[str, int], n_frames: int, offset_fram
 
 
 class ClipSampler:
-    """Random crops of corpus clips as (log-mel, caption, frame labels), seeded per rank."""
+    """Random crops of corpus clips as (log-mel, caption, frame labels, teacher column scores or
+    None), seeded per rank."""
 
-    def __init__(self, corpus, split: str, cfg: TrainConfig, rank: int):
+    def __init__(self, corpus, split: str, cfg: TrainConfig, rank: int, teacher=None):
         self.corpus = corpus
+        self.teacher = teacher  # encoder.data.teacher.TeacherScores or None
         self.clips = corpus.clips(split)
         if not self.clips:
             raise ValueError(f"{corpus.path}: no clips in split {split!r}")
@@ -87,7 +109,7 @@ class ClipSampler:
         self.cfg = cfg
         self.rng = np.random.default_rng(cfg.seed * 1000 + rank)
 
-    def example(self, clip) -> tuple[np.ndarray, str, np.ndarray]:
+    def example(self, clip) -> tuple[np.ndarray, str, np.ndarray, np.ndarray | None]:
         audio = self.corpus.audio(clip)
         mel = log_mel(audio)
         max_frames = int(self.cfg.max_seconds * FRAMES_PER_SECOND)
@@ -96,9 +118,13 @@ class ClipSampler:
             off = int(self.rng.integers(0, (mel.shape[1] - max_frames) // PATCH_FRAMES + 1)) * PATCH_FRAMES
             mel = mel[:, off : off + max_frames]
         caption = clip.captions[int(self.rng.integers(len(clip.captions)))]
-        return mel, caption, frame_labels(clip.events, self.label_index, mel.shape[1], off)
+        teacher = None
+        if self.teacher is not None:
+            teacher = self.teacher.column_targets(clip.id, off / FRAMES_PER_SECOND, mel.shape[1] // PATCH_FRAMES,
+                                                  PATCH_FRAMES / FRAMES_PER_SECOND)
+        return mel, caption, frame_labels(clip.events, self.label_index, mel.shape[1], off), teacher
 
-    def batch(self, size: int) -> list[tuple[np.ndarray, str, np.ndarray]]:
+    def batch(self, size: int) -> list[tuple[np.ndarray, str, np.ndarray, np.ndarray | None]]:
         idx = self.rng.choice(len(self.clips), size=size, replace=len(self.clips) < size)
         return [self.example(self.clips[i]) for i in idx]
 
@@ -140,7 +166,7 @@ def collate(examples, tower, sampler: ClipSampler, cfg: TrainConfig, augment: bo
     lengths = [ex[0].shape[1] // PATCH_FRAMES * PATCH_FRAMES for ex in examples]
     T = max(lengths)
     mel = np.zeros((len(examples), examples[0][0].shape[0], T), np.float32)
-    for i, (m, _, _) in enumerate(examples):
+    for i, (m, *_) in enumerate(examples):
         m = m[:, : lengths[i]]
         mel[i, :, : lengths[i]] = spec_augment(m, lengths[i], cfg, sampler.rng) if augment else m
     ids, mask = tower.tokenize([ex[1] for ex in examples])
@@ -153,13 +179,22 @@ def collate(examples, tower, sampler: ClipSampler, cfg: TrainConfig, augment: bo
     p_ids, p_mask = tower.tokenize(prompt_texts)
     C = T // PATCH_FRAMES
     labels = np.zeros((len(examples), C, len(chosen)), np.float32)
-    for i, (_, _, y) in enumerate(examples):
+    for i, (_, _, y, _) in enumerate(examples):
         labels[i, : y.shape[0]] = y[:C][:, chosen]
+    teacher_clip = teacher_cols = None
+    if all(ex[3] is not None for ex in examples):
+        K = examples[0][3].shape[1]
+        cols = np.zeros((len(examples), C, K), np.float32)
+        for i, ex in enumerate(examples):
+            cols[i, : len(ex[3])] = ex[3][:C]
+        teacher_cols = torch.from_numpy(cols)
+        teacher_clip = torch.from_numpy(np.stack([ex[3].mean(0) for ex in examples]))  # the crop's mean
     return Batch(
         mel=torch.from_numpy(mel), lengths=torch.tensor(lengths), text_ids=ids, text_mask=mask,
         prompt_ids=p_ids, prompt_mask=p_mask, frame_labels=torch.from_numpy(labels),
         text_feats=features([ex[1] for ex in examples]) if features else None,
         prompt_feats=features(prompt_texts) if features else None,
+        teacher_clip=teacher_clip, teacher_columns=teacher_cols,
     )
 
 
@@ -179,7 +214,16 @@ def ema_momentum_at(step: int, total: int, start: float, end: float) -> float:
 
 
 def init_from_weights(model: SLAP, path: str) -> None:
-    """Load shipped (inference) weights into a training model; the EMA teacher starts as a copy."""
+    """Start a new run from earlier weights: shipped inference weights (`*.safetensors`; the
+    decoder, SSL heads and EMA teacher start afresh, the teacher as a copy of the encoder) or
+    another run's `ckpt.pt` (every module it has, teacher included; new modules keep their
+    init). The optimizer and schedules always start afresh."""
+    if path.endswith(".pt"):
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("config", {}).get("audio_cfg") != model.cfg.to_dict()["audio_cfg"]:
+            raise ValueError(f"{path}: its audio encoder config differs from {model.cfg.name}'s")
+        model.load_state_dict(state["model"], strict=False)
+        return
     from encoder.checkpoint import load_model
 
     shipped = load_model(path)
@@ -225,7 +269,10 @@ def train(cfg: TrainConfig, corpus=None, on_step=None) -> dict:
         from encoder.data.dataset import Corpus
 
         corpus = Corpus(cfg.corpus)
-    model = SLAP(get_config(cfg.model)).to(device)
+    model_cfg = get_config(cfg.model)
+    for name, value in parse_weights(cfg.weights).items():
+        setattr(model_cfg.loss_weights, name, value)
+    model = SLAP(model_cfg).to(device)
     opt = configure_optimizer(model, cfg)
     step = 0
     ckpt_path = out / "ckpt.pt"
@@ -240,10 +287,28 @@ def train(cfg: TrainConfig, corpus=None, on_step=None) -> dict:
         step = ckpt["step"]
         if master:
             print(f"resumed from {ckpt_path} at step {step}", file=sys.stderr)
-    sampler = ClipSampler(corpus, "train", cfg, rank)
+    teacher = None
+    corpus_dir = Path(str(getattr(corpus, "path", "")))
+    if not (corpus_dir / "manifest.jsonl").is_file():
+        corpus_dir = None  # an in-memory corpus (tests): no folder, so no teacher scores
+    if model_cfg.loss_weights.distill and corpus_dir is not None:
+        from encoder.data.teacher import TeacherScores, build_teacher_scores
+
+        if master and TeacherScores.open(corpus_dir) is None:
+            build_teacher_scores(corpus_dir)  # ~20 s for 3 h of audio
+        if ddp:
+            dist.barrier()
+        teacher = TeacherScores(corpus_dir)
+    elif model_cfg.loss_weights.distill and master:
+        print("no teacher scores for this corpus: the distill term is off", file=sys.stderr)
+    sampler = ClipSampler(corpus, "train", cfg, rank, teacher)
     sampler.rng = np.random.default_rng([cfg.seed, rank, step])  # a resumed run does not replay batches
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank * 104729 + step)
-    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else model
+    # A term that is off leaves its head without gradient; DDP must then look for unused parameters.
+    weights = model_cfg.loss_weights
+    find_unused = teacher is None or not all((weights.ssl, weights.caption, weights.distill))
+    net = (DDP(model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=find_unused)
+           if ddp else model)
 
     if master:
         out.mkdir(parents=True, exist_ok=True)
@@ -283,7 +348,7 @@ def train(cfg: TrainConfig, corpus=None, on_step=None) -> dict:
                 row["clips_per_s"] = round(clips_seen / (time.time() - t0), 2)
                 log.write(json.dumps(row) + "\n")
                 log.flush()
-                bar.set_postfix({k: row[k] for k in ("loss", "clap", "ssl", "caption", "frame") if k in row})
+                bar.set_postfix({k: row[k] for k in ("loss", "clap", "ssl", "caption", "frame", "distill") if k in row})
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 save_training_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                                      "step": step, "config": model.cfg.to_dict(), "train": asdict(cfg)})

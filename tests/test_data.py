@@ -219,3 +219,28 @@ def test_missing_tool_is_one_clear_line(monkeypatch):
     with pytest.raises(render.ToolMissing) as e:
         render.require_tool("fluidsynth", "fluidsynth")
     assert "\n" not in str(e.value) and "apt-get install fluidsynth" in str(e.value)
+
+
+@needs_synth
+def test_build_writes_yamnet_teacher_scores_for_every_clip(corpus, corpus_dir):
+    from encoder.data.teacher import TeacherScores
+    from encoder.data.yamnet import patches
+
+    teacher = TeacherScores(corpus_dir)
+    assert set(teacher.index) == {c.id for c in corpus}
+    clip = corpus.clips()[0]
+    start, n = teacher.index[clip.id]
+    assert n == len(patches(corpus.audio(clip)))  # one row per 0.96 s YAMNet patch
+    cols = teacher.column_targets(clip.id, 0.0, 20, 0.16)
+    assert cols.shape == (20, 521) and 0.0 <= cols.min() and cols.max() <= 1.0
+    assert np.array_equal(cols[0], np.asarray(teacher.scores[start], np.float32))  # 0.08 s: nearest patch is the first
+
+
+@needs_synth
+def test_training_on_a_built_corpus_learns_from_the_teacher(corpus_dir, tmp_path):
+    from encoder.train import TrainConfig, train
+
+    cfg = TrainConfig(corpus=str(corpus_dir), out=str(tmp_path), steps=2, batch_size=4, max_seconds=2.0,
+                      warmup_steps=1, log_every=1, ckpt_every=100)
+    hist = train(cfg)["history"]
+    assert all(h["distill"] > 0 for h in hist)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from encoder.losses import CaptionLoss, ContrastiveLoss, FrameLoss, MaskedPredictionLoss
+from encoder.losses import CaptionLoss, ContrastiveLoss, DistillationLoss, FrameLoss, MaskedPredictionLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,3 +103,23 @@ def test_contrastive_loss_under_torchrun_equals_single_process(tmp_path):
     # each rank's feature gradient, averaged over 2 ranks as DDP does, equals the single-process one
     grad = torch.tensor(res["grad"]) / 2
     assert torch.allclose(grad, a.grad, atol=1e-6)
+
+
+def test_distillation_is_zero_exactly_when_the_student_reproduces_the_teacher():
+    torch.manual_seed(0)
+    targets = torch.rand(3, 5, 7) * torch.randint(0, 2, (3, 5, 7))  # soft scores, many exact zeros
+    valid = torch.ones(3, 5, dtype=torch.bool)
+    loss = DistillationLoss()
+    exact = torch.logit(targets.clamp(1e-6, 1 - 1e-6))
+    assert loss(exact[:, 0], targets[:, 0], exact, targets, valid)["distill"].item() == pytest.approx(0.0, abs=1e-3)
+    off = loss(torch.zeros(3, 7), targets[:, 0], torch.zeros(3, 5, 7), targets, valid)["distill"]
+    assert off.item() > 1.0
+
+
+def test_distillation_ignores_padded_columns():
+    targets = torch.zeros(1, 4, 3)
+    logits = torch.full((1, 4, 3), -20.0)
+    logits[0, 3] = 20.0  # wildly wrong, but in a padded column
+    valid = torch.tensor([[True, True, True, False]])
+    out = DistillationLoss()(torch.full((1, 3), -20.0), targets[:, 0], logits, targets, valid)["distill"]
+    assert out.item() < 1e-6

@@ -92,3 +92,48 @@ def test_training_can_start_from_shipped_weights(tmp_path):
     for a, b in ((fresh.audio, shipped.audio), (fresh.teacher["audio"], shipped.audio)):
         assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert torch.equal(fresh.text.proj.weight, shipped.text.proj.weight)
+
+
+def test_loss_weight_overrides_parse_and_name_bad_terms():
+    from encoder.train import parse_weights
+
+    assert parse_weights("ssl=0, caption=0.5") == {"ssl": 0.0, "caption": 0.5}
+    assert parse_weights("") == {}
+    with pytest.raises(ValueError, match="TERM=NUMBER"):
+        parse_weights("sssl=0")
+    with pytest.raises(ValueError, match="not a number"):
+        parse_weights("ssl=off")
+
+
+def test_a_term_weighted_zero_is_not_computed():
+    """The ablations (no SSL, no captioning) skip the term's compute, not just its weight."""
+    from encoder.slap import SLAP, get_config
+    from encoder.train import ClipSampler, collate
+
+    torch.manual_seed(0)
+    cfg = get_config("slap-tiny")
+    cfg.loss_weights.ssl = cfg.loss_weights.caption = 0.0
+    model = SLAP(cfg)
+    tcfg = TrainConfig(batch_size=4, max_seconds=1.0)
+    sampler = ClipSampler(ToneCorpus(4), "train", tcfg, 0)
+    terms = model(collate(sampler.batch(4), model.text, sampler, tcfg))
+    assert "ssl" not in terms and "caption" not in terms
+    assert {"clap", "frame", "loss"} <= set(terms)
+
+
+def test_training_can_continue_from_a_run_checkpoint(tmp_path):
+    from encoder.checkpoint import save_training_checkpoint
+    from encoder.slap import SLAP, get_config
+    from encoder.train import init_from_weights
+
+    torch.manual_seed(1)
+    run = SLAP(get_config("slap-tiny"))
+    state = {k: v for k, v in run.state_dict().items() if not k.startswith("distill_head.")}  # an older run
+    save_training_checkpoint(tmp_path / "ckpt.pt", {"model": state, "config": run.cfg.to_dict()})
+    torch.manual_seed(2)
+    fresh = SLAP(get_config("slap-tiny"))
+    head = fresh.distill_head.weight.clone()
+    init_from_weights(fresh, str(tmp_path / "ckpt.pt"))
+    for a, b in ((fresh.audio, run.audio), (fresh.decoder, run.decoder), (fresh.teacher["audio"], run.teacher["audio"])):
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert torch.equal(fresh.distill_head.weight, head)  # a module the old run lacked keeps its init

@@ -38,6 +38,7 @@ from .captions import make_captions
 from .labels import CLASSES
 from .mix import Mixer
 from .sources import SAMPLE_RATE, Library, assign_splits, stable_hash
+from .teacher import build_teacher_scores
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_VERSION = 1  # bump when the output of an unchanged config changes
@@ -300,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_args(argv)
         out = build_corpus(cfg)
+        build_teacher_scores(out, cfg.cache)
     except (render.ToolMissing, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -310,9 +312,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli(argv: list[str]) -> int:
-    """`python main.py data build ...`: the same as `python -m encoder.data.build ...`."""
+    """`python main.py data build ...` (the same as `python -m encoder.data.build ...`) and
+    `python main.py data teacher [--corpus DIR]` (YAMNet teacher scores, encoder.data.teacher)."""
+    if argv and argv[0] == "teacher":
+        from encoder.data.teacher import main as teacher_main
+
+        return teacher_main(argv[1:])
     if not argv or argv[0] != "build":
-        print("usage: python main.py data build [--out DIR] [--hours H] [--tiny] ...", file=sys.stderr)
+        print("usage: python main.py data build [--out DIR] [--hours H] [--tiny] ... | data teacher [--corpus DIR]",
+              file=sys.stderr)
         return 2
     return main(argv[1:])
 
