@@ -49,6 +49,9 @@ class LossWeights:
     caption: float = 0.5
     frame: float = 1.0  # ours: SLAP has no frame-level term
     distill: float = 0.0  # ours: YAMNet teacher scores (encoder.data.teacher); 0 = off
+    # ours: the frame loss applied to the clip embedding with clip-level labels, so zero-shot
+    # tagging with short prompts (not only caption retrieval) is trained on the global path; 0 = off
+    clip: float = 0.0
 
 
 @dataclass
@@ -218,6 +221,10 @@ class SLAP(nn.Module):
                 prompts = self.text(batch.prompt_ids, batch.prompt_mask)
             labels = batch.frame_labels[:, : student.columns.shape[1]]
             terms |= self.frame_loss(student.columns, student.column_valid, prompts, labels)
+            if w["clip"]:
+                present = labels.amax(1, keepdim=True)  # (B, 1, P): the class sounds somewhere in the crop
+                every = torch.ones(B, 1, dtype=torch.bool, device=present.device)
+                terms["clip"] = self.frame_loss(student.global_emb[:, None], every, prompts, present)["frame"]
 
         if w["distill"] and batch.teacher_clip is not None and batch.teacher_columns is not None:
             terms |= self.distill_loss(

@@ -348,7 +348,7 @@ def train(cfg: TrainConfig, corpus=None, on_step=None) -> dict:
                 row["clips_per_s"] = round(clips_seen / (time.time() - t0), 2)
                 log.write(json.dumps(row) + "\n")
                 log.flush()
-                bar.set_postfix({k: row[k] for k in ("loss", "clap", "ssl", "caption", "frame", "distill") if k in row})
+                bar.set_postfix({k: row[k] for k in ("loss", "clap", "ssl", "caption", "frame", "clip", "distill") if k in row})
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 save_training_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                                      "step": step, "config": model.cfg.to_dict(), "train": asdict(cfg)})

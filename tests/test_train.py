@@ -137,3 +137,28 @@ def test_training_can_continue_from_a_run_checkpoint(tmp_path):
     for a, b in ((fresh.audio, run.audio), (fresh.decoder, run.decoder), (fresh.teacher["audio"], run.teacher["audio"])):
         assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert torch.equal(fresh.distill_head.weight, head)  # a module the old run lacked keeps its init
+
+
+def test_clip_term_scores_the_clip_embedding_against_crop_level_labels():
+    """The zero-shot path (clip embedding vs short prompts) is trained with the frame loss's own
+    scale and bias, on "the class sounds somewhere in the crop"."""
+    from encoder.slap import SLAP, get_config
+    from encoder.train import ClipSampler, collate
+
+    torch.manual_seed(0)
+    cfg = get_config("slap-tiny")
+    assert cfg.loss_weights.clip > 0
+    cfg.loss_weights.ssl = 0.0  # no masked clips: the student sees what the direct computation sees
+    model = SLAP(cfg)
+    tcfg = TrainConfig(batch_size=4, max_seconds=1.0)
+    sampler = ClipSampler(ToneCorpus(4), "train", tcfg, 0)
+    batch = collate(sampler.batch(4), model.text, sampler, tcfg)
+    terms = model(batch)
+    with torch.no_grad():
+        out = model.audio.forward_packed(batch.mel, batch.lengths, None, model.cfg.row_tokens)
+        prompts = model.text.proj(batch.prompt_feats) if batch.prompt_feats is not None else model.text(batch.prompt_ids, batch.prompt_mask)
+        labels = batch.frame_labels[:, : out.columns.shape[1]].amax(1)
+        logits = model.frame_loss.get_logits(out.global_emb[:, None], prompts)[:, 0]
+        direct = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / len(labels)
+    assert labels.sum() > 0
+    assert terms["clip"].item() == pytest.approx(direct.item(), rel=1e-4)
