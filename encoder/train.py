@@ -23,7 +23,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from encoder.checkpoint import save_training_checkpoint, save_weights
-from encoder.frontend import FRAMES_PER_SECOND, PATCH_FRAMES, log_mel
+from encoder.data.dataset import Event
+from encoder.frontend import FRAMES_PER_SECOND, LOG_SCALE, PATCH_FRAMES, log_mel
 from encoder.slap import SLAP, Batch, get_config
 
 
@@ -45,6 +46,12 @@ class TrainConfig:
     spec_freq_width: int = 8  # mel bins
     spec_time_masks: int = 2
     spec_time_width: int = 40  # frames (0.4 s)
+    # Perturbations that change a recording's fingerprint but not its class (train split only):
+    # a few thousand source recordings are otherwise memorised rather than generalised from.
+    stretch: float = 0.2  # speed factor in [1/(1+s), 1+s]; labels and teacher columns follow
+    pitch_bins: int = 2  # shift the mel axis by up to this many bins (~1-2 semitones mid-band)
+    eq_db: float = 6.0  # a smooth random tilt/ripple over the mel bands, up to +-eq_db
+    gain_db: float = 10.0  # overall level, up to +-gain_db
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 100
@@ -100,6 +107,7 @@ class ClipSampler:
     def __init__(self, corpus, split: str, cfg: TrainConfig, rank: int, teacher=None):
         self.corpus = corpus
         self.teacher = teacher  # encoder.data.teacher.TeacherScores or None
+        self.perturb = split == "train"
         self.clips = corpus.clips(split)
         if not self.clips:
             raise ValueError(f"{corpus.path}: no clips in split {split!r}")
@@ -112,6 +120,9 @@ class ClipSampler:
     def example(self, clip) -> tuple[np.ndarray, str, np.ndarray, np.ndarray | None]:
         audio = self.corpus.audio(clip)
         mel = log_mel(audio)
+        rate = 1.0
+        if self.perturb:
+            mel, rate = perturb(mel, self.cfg, self.rng)
         max_frames = int(self.cfg.max_seconds * FRAMES_PER_SECOND)
         off = 0
         if mel.shape[1] > max_frames:
@@ -119,14 +130,45 @@ class ClipSampler:
             mel = mel[:, off : off + max_frames]
         caption = clip.captions[int(self.rng.integers(len(clip.captions)))]
         teacher = None
-        if self.teacher is not None:
-            teacher = self.teacher.column_targets(clip.id, off / FRAMES_PER_SECOND, mel.shape[1] // PATCH_FRAMES,
-                                                  PATCH_FRAMES / FRAMES_PER_SECOND)
-        return mel, caption, frame_labels(clip.events, self.label_index, mel.shape[1], off), teacher
+        if self.teacher is not None:  # on the original clock: column c covers rate x as much audio
+            teacher = self.teacher.column_targets(clip.id, off * rate / FRAMES_PER_SECOND, mel.shape[1] // PATCH_FRAMES,
+                                                  rate * PATCH_FRAMES / FRAMES_PER_SECOND)
+        events = clip.events if rate == 1.0 else [Event(e.label, e.onset_s / rate, e.offset_s / rate) for e in clip.events]
+        return mel, caption, frame_labels(events, self.label_index, mel.shape[1], off), teacher
 
     def batch(self, size: int) -> list[tuple[np.ndarray, str, np.ndarray, np.ndarray | None]]:
         idx = self.rng.choice(len(self.clips), size=size, replace=len(self.clips) < size)
         return [self.example(self.clips[i]) for i in idx]
+
+
+DB_PER_UNIT = 10.0 * LOG_SCALE  # the normalised log-mel moves 1 unit per 40 dB
+
+
+def stretch_time(mel: np.ndarray, rate: float) -> np.ndarray:
+    """(M, T) -> (M, floor(T / rate)): played `rate` times faster, by linear interpolation in time."""
+    n = int(mel.shape[1] / rate)
+    pos = np.minimum(np.arange(n) * rate, mel.shape[1] - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, mel.shape[1] - 1)
+    frac = (pos - lo).astype(np.float32)
+    return mel[:, lo] * (1 - frac) + mel[:, hi] * frac
+
+
+def perturb(mel: np.ndarray, cfg: TrainConfig, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """Speed, mel-axis shift, smooth EQ and gain on a normalised log-mel (M, T).
+    Returns (perturbed mel, speed rate): event times scale by 1 / rate."""
+    rate = float(np.exp(rng.uniform(-np.log1p(cfg.stretch), np.log1p(cfg.stretch)))) if cfg.stretch else 1.0
+    if rate != 1.0 and mel.shape[1] > 1:
+        mel = stretch_time(mel, rate)
+    k = int(rng.integers(-cfg.pitch_bins, cfg.pitch_bins + 1)) if cfg.pitch_bins else 0
+    if k > 0:  # up: bands move to higher bins, the lowest bins repeat the old lowest
+        mel = np.concatenate([np.repeat(mel[:1], k, 0), mel[:-k]])
+    elif k < 0:
+        mel = np.concatenate([mel[-k:], np.repeat(mel[-1:], -k, 0)])
+    m = np.linspace(0.0, 1.0, mel.shape[0], dtype=np.float32)[:, None]
+    curve = rng.uniform(-1, 1) * (m - 0.5) * 2 + rng.uniform(-0.5, 0.5) * np.cos(2 * np.pi * rng.uniform(1, 3) * m + rng.uniform(0, 6.3))
+    shift = (cfg.eq_db * curve / 1.5 + rng.uniform(-cfg.gain_db, cfg.gain_db)) / DB_PER_UNIT
+    return (mel + shift.astype(np.float32)).astype(np.float32), rate
 
 
 def spec_augment(mel: np.ndarray, n_frames: int, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:

@@ -162,3 +162,24 @@ def test_clip_term_scores_the_clip_embedding_against_crop_level_labels():
         direct = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / len(labels)
     assert labels.sum() > 0
     assert terms["clip"].item() == pytest.approx(direct.item(), rel=1e-4)
+
+
+def test_perturbed_crops_keep_labels_and_teacher_on_the_stretched_clock():
+    from encoder.train import perturb, stretch_time
+
+    mel = np.random.default_rng(0).random((64, 500)).astype(np.float32)
+    assert np.array_equal(stretch_time(mel, 1.0), mel)
+    assert stretch_time(mel, 1.25).shape == (64, 400)  # 5 s played 1.25x faster lasts 4 s
+    out, rate = perturb(mel, TrainConfig(stretch=0.2), np.random.default_rng(1))
+    assert 1 / 1.2 <= rate <= 1.2 and out.shape == (64, int(500 / rate))
+    # an event at 1.0-2.0 s of a clip sped up 2x lies at 0.5-1.0 s: columns 3..6 of the result
+    y = frame_labels([Event("a", 1.0 / 2.0, 2.0 / 2.0)], {"a": 0}, 250, 0)
+    assert np.flatnonzero(y[:, 0]).tolist() == [3, 4, 5, 6]
+
+
+def test_dev_crops_are_not_perturbed():
+    from encoder.train import ClipSampler
+
+    corpus = ToneCorpus(4)
+    assert ClipSampler(corpus, "train", TrainConfig(), 0).perturb
+    assert not ClipSampler(corpus, "dev", TrainConfig(), 0).perturb
