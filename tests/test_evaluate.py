@@ -33,3 +33,14 @@ def test_event_and_segment_f1():
     late = np.roll(hit, 6, axis=0)  # onset ~1 s late: outside the 0.5 s collar
     assert frame_metrics([hit], [y]) == {"segment_F1": 1.0, "event_F1": 1.0}
     assert frame_metrics([late], [y])["event_F1"] == 0.0
+
+
+def test_threshold_search_reaches_past_095():
+    from encoder.evaluate import THRESHOLDS, best_frame_metrics
+
+    assert max(THRESHOLDS) >= 0.99
+    y = np.zeros((20, 1), bool)
+    y[5:10] = True
+    probs = np.full((20, 1), 0.96)  # over-confident everywhere ...
+    probs[5:10] = 0.995  # ... but still ranked right
+    assert best_frame_metrics([probs], [y])["event_F1"] == 1.0
