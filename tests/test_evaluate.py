@@ -44,3 +44,17 @@ def test_threshold_search_reaches_past_095():
     probs = np.full((20, 1), 0.96)  # over-confident everywhere ...
     probs[5:10] = 0.995  # ... but still ranked right
     assert best_frame_metrics([probs], [y])["event_F1"] == 1.0
+
+
+def test_linear_probe_separates_what_carries_over_from_what_is_memorised():
+    """Features with a class direction generalise to new rows; per-row noise does not."""
+    from encoder.probe import probe
+
+    rng = np.random.default_rng(0)
+    k, d = 4, 16
+    y_tr, y_dev = (np.eye(k, dtype=np.float32)[rng.integers(0, k, n)] for n in (200, 100))
+    centers = rng.normal(size=(k, d)) * 3
+    good = probe(y_tr @ centers + rng.normal(size=(200, d)), y_tr, y_dev @ centers + rng.normal(size=(100, d)), y_dev)
+    assert good["dev_top1"] > 0.9
+    ids_only = probe(rng.normal(size=(200, 300)), y_tr, rng.normal(size=(100, 300)), y_dev)  # memorisable, no class
+    assert ids_only["train_top1"] > 0.9 and ids_only["dev_top1"] < 0.5
