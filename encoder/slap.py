@@ -189,8 +189,9 @@ class SLAP(nn.Module):
         return self.text(ids, mask)
 
     def forward(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """All loss terms of one batch and their weighted sum under "loss". A term whose weight is
-        0 is not computed (the ablations: no SSL, no captioning), so it costs nothing."""
+        """All loss terms of one batch and their weighted sum under "loss". An SSL, caption, clip
+        or distill term weighted 0 is not computed (the ablations: no SSL, no captioning), so it
+        costs nothing; CLAP and frame terms always are."""
         w = asdict(self.cfg.loss_weights)
         B = batch.mel.shape[0]
         n_tokens = (batch.mel.shape[-1] // PATCH_FRAMES) * FREQ_PATCHES
