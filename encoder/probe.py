@@ -42,14 +42,12 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, steps: int = 300, lr: fl
     return predict
 
 
-def top1(logits: np.ndarray, truth: np.ndarray) -> float:
-    """Fraction of rows whose highest-scoring class is one of the row's true classes."""
-    return float(truth[np.arange(len(truth)), logits.argmax(1)].mean())
-
-
 def probe(features_train, y_train, features_dev, y_dev) -> dict[str, float]:
+    from encoder.evaluate import classification_metrics
+
     predict = fit_probe(features_train, y_train)
-    return {"train_top1": top1(predict(features_train), y_train), "dev_top1": top1(predict(features_dev), y_dev)}
+    return {"train_top1": classification_metrics(predict(features_train), y_train)["top1"],
+            "dev_top1": classification_metrics(predict(features_dev), y_dev)["top1"]}
 
 
 def main(argv: list[str] | None = None) -> int:

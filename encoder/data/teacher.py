@@ -44,7 +44,7 @@ def build_teacher_scores(corpus_dir: str | Path, cache_dir: str | Path = "cache"
 
     corpus = Corpus(corpus_dir)
     index_path = corpus.path / INDEX_FILE
-    key = _corpus_key(corpus.path)
+    key = str(corpus.info.get("key", ""))
     if index_path.exists() and (corpus.path / SCORES_FILE).exists():
         if json.loads(index_path.read_text()).get("corpus_key") == key:
             return corpus.path / SCORES_FILE
