@@ -157,7 +157,7 @@ def yamnet_mapping(prompts: list[str]) -> np.ndarray:
 
 
 def yamnet_scores(audio: list[np.ndarray], mapping: np.ndarray, cache_dir: Path) -> ClipScores:
-    from encoder.data.yamnet import YamNet
+    from encoder.data.yamnet import YamNet, nearest_patch
 
     net = YamNet(cache_dir)
     clip, cols = [], []
@@ -165,9 +165,7 @@ def yamnet_scores(audio: list[np.ndarray], mapping: np.ndarray, cache_dir: Path)
         s = net.scores(x)[:, mapping]  # (patches, P), 0.96 s patches every 0.48 s
         clip.append(s.max(0))
         n_cols = len(x) // (PATCH_FRAMES * 160)
-        t = (np.arange(n_cols) + 0.5) * SECONDS_PER_COLUMN
-        idx = np.clip(((t - 0.48) / 0.48).round().astype(int), 0, len(s) - 1)  # patch centred nearest
-        cols.append(s[idx])
+        cols.append(s[nearest_patch((np.arange(n_cols) + 0.5) * SECONDS_PER_COLUMN, len(s))])
     return ClipScores(np.stack(clip), cols)
 
 

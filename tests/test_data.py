@@ -236,6 +236,14 @@ def test_build_writes_yamnet_teacher_scores_for_every_clip(corpus, corpus_dir):
     assert np.array_equal(cols[0], np.asarray(teacher.scores[start], np.float32))  # 0.08 s: nearest patch is the first
 
 
+def test_nearest_yamnet_patch_by_centre():
+    from encoder.data.yamnet import nearest_patch
+
+    # patch p covers [0.48 p, 0.48 p + 0.96 + 0.016) s, so its centre is 0.496 + 0.48 p
+    t = np.array([0.0, 0.496, 0.735, 0.737, 0.976, 5.0])
+    assert nearest_patch(t, 4).tolist() == [0, 0, 0, 1, 1, 3]  # before the first / past the last: clipped
+
+
 @needs_synth
 def test_training_on_a_built_corpus_learns_from_the_teacher(corpus_dir, tmp_path):
     from encoder.train import TrainConfig, train

@@ -23,12 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from encoder.data.yamnet import N_FFT, PATCH_FRAMES, PATCH_HOP, YamNet, class_names
+from encoder.data.yamnet import YamNet, class_names, nearest_patch
 
 N_CLASSES = 521
-PATCH_HOP_S = PATCH_HOP / 100  # 0.48 s between patch starts (10 ms frames)
-# Centre of patch 0: half of 96 frames plus half of the 512-sample FFT frame (no centre padding).
-PATCH_CENTER_S = (PATCH_FRAMES / 2) / 100 + (N_FFT / 2) / 16000  # 0.496 s
 SCORES_FILE, INDEX_FILE = "teacher-yamnet.npy", "teacher-yamnet.json"
 
 
@@ -85,8 +82,7 @@ class TeacherScores:
         """(n_columns, 521) float32: each column takes the patch whose centre is nearest its own."""
         start, n = self.index[clip_id]
         centers = offset_s + (np.arange(n_columns) + 0.5) * column_s
-        p = np.clip(np.round((centers - PATCH_CENTER_S) / PATCH_HOP_S).astype(int), 0, n - 1)
-        return np.asarray(self.scores[start + p], np.float32)
+        return np.asarray(self.scores[start + nearest_patch(centers, n)], np.float32)
 
 
 def main(argv: list[str] | None = None) -> int:

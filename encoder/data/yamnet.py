@@ -23,6 +23,9 @@ HOP = 160  # 10 ms
 N_MELS = 64
 PATCH_FRAMES = 96  # 0.96 s
 PATCH_HOP = 48  # 0.48 s
+PATCH_HOP_S = PATCH_HOP * HOP / SAMPLE_RATE  # 0.48 s between patch starts
+# Centre of patch 0: half of 96 frames plus half of the 512-sample FFT frame (no centre padding).
+PATCH_CENTER_S = (PATCH_FRAMES / 2) * HOP / SAMPLE_RATE + (N_FFT / 2) / SAMPLE_RATE  # 0.496 s
 LOG_OFFSET = 0.001
 IN_SCALE, IN_ZERO = 0.047938, 144
 OUT_SCALE, OUT_ZERO = 0.75654, 190
@@ -133,6 +136,12 @@ def patches(audio: np.ndarray) -> np.ndarray:
     starts = range(0, len(mel) - PATCH_FRAMES + 1, PATCH_HOP)
     p = np.stack([mel[s : s + PATCH_FRAMES] for s in starts])[:, None]
     return np.clip(np.round(p / IN_SCALE + IN_ZERO), 0, 255).astype(np.uint8)
+
+
+def nearest_patch(times_s: np.ndarray, n_patches: int) -> np.ndarray:
+    """Index of the patch whose centre is nearest each time (seconds from the audio's start),
+    clipped to [0, n_patches): how a 0.48 s-hop score row is read on a finer clock."""
+    return np.clip(np.round((times_s - PATCH_CENTER_S) / PATCH_HOP_S).astype(int), 0, n_patches - 1)
 
 
 class YamNet:
