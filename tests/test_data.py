@@ -252,3 +252,24 @@ def test_training_on_a_built_corpus_learns_from_the_teacher(corpus_dir, tmp_path
                       warmup_steps=1, log_every=1, ckpt_every=100)
     hist = train(cfg)["history"]
     assert all(h["distill"] > 0 for h in hist)
+
+
+@needs_synth
+def test_eval_command_scores_both_systems_on_the_same_dev_clips(corpus, corpus_dir, tmp_path):
+    """`main.py eval` end to end: the shipped model through ONNX Runtime and YAMNet, one table."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "eval.json"
+    cmd = [sys.executable, "main.py", "eval", "--model", "models/slap-tiny.safetensors", "--corpus", str(corpus_dir),
+           "--cache-dir", str(tmp_path / "cache"), "--max-clips", "6", "--threads", "1", "--json", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "| top1 |" in run.stdout and "YAMNet baseline" in run.stdout
+    res = json.loads(out.read_text())
+    n_dev = sum(c.n_samples >= 96 * 160 for c in corpus.clips("dev"))
+    assert res["clips"] == min(6, n_dev) and sum(res["clips_by_bed"].values()) == res["clips"]
+    for system in ("slap", "yamnet"):
+        for key in ("top1", "top5", "mAP", "segment_F1", "event_F1", *res["clips_by_bed"]):
+            assert 0.0 <= res[system][key] <= 1.0, (system, key)
+    assert 0.0 <= res["slap_paraphrase"]["top1"] <= 1.0
