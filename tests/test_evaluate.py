@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from encoder.evaluate import average_precision, classification_metrics, frame_metrics, retrieval_metrics
+from encoder.evaluate import average_precision, classification_metrics, frame_metrics, retrieval_metrics, top1_by_group
 
 
 def test_average_precision_of_a_perfect_and_a_reversed_ranking():
@@ -17,6 +17,13 @@ def test_top1_counts_a_hit_when_the_best_prompt_is_any_of_the_clips_labels():
     truth = np.array([[1, 0, 1], [1, 0, 0]], bool)
     m = classification_metrics(scores, truth)
     assert m["top1"] == 0.5 and m["top5"] == 1.0
+
+
+def test_top1_is_also_reported_within_each_group_of_clips():
+    truth = np.array([[1, 0], [0, 1], [1, 0]], bool)
+    scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9]])  # right, wrong, wrong
+    groups = np.array(["ambience_bed", "noise_bed", "ambience_bed"])
+    assert top1_by_group(scores, truth, groups) == {"top1_ambience_bed": 0.5, "top1_noise_bed": 0.0}
 
 
 def test_retrieval_recall_at_k():
