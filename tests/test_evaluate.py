@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from encoder.evaluate import average_precision, classification_metrics, frame_metrics, retrieval_metrics, top1_by_group
+from encoder.evaluate import (
+    average_precision,
+    classification_metrics,
+    frame_metrics,
+    retrieval_metrics,
+    top1_by_group,
+)
 
 
 def test_average_precision_of_a_perfect_and_a_reversed_ranking():
