@@ -130,6 +130,16 @@ def targets_for(clip, labels: list[str], n_cols: int) -> np.ndarray:
     return y
 
 
+def dev_clips(corpus, max_clips: int) -> list:
+    """The first max_clips dev clips long enough for one 160 ms column (eval and probe share them)."""
+    return [c for c in corpus.clips("dev") if c.n_samples >= PATCH_FRAMES * 160][:max_clips]
+
+
+def label_matrix(clips, labels: list[str]) -> np.ndarray:
+    """(N, P) bool: clip i carries label p."""
+    return np.array([[lab in c.labels for lab in labels] for c in clips], bool).reshape(len(clips), len(labels))
+
+
 def encode_clips(backend, audio: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each clip once through the encoder: (unit global (E,), unit valid columns (C, E))."""
     out = []
@@ -182,12 +192,12 @@ def evaluate(model_path: str, corpus_path: str, cache_dir: str, max_clips: int, 
     from encoder.runtime import open_backend
 
     corpus = Corpus(corpus_path)
-    clips = [c for c in corpus.clips("dev") if c.n_samples >= PATCH_FRAMES * 160][:max_clips]
+    clips = dev_clips(corpus, max_clips)
     labels = corpus.labels
     prompts = [corpus.names(lab)[0] for lab in labels]
     paraphrases = [PARAPHRASE_TEMPLATE.format(corpus.names(lab)[-1]) for lab in labels]
     audio = [corpus.audio(c) for c in clips]
-    truth = np.array([[lab in c.labels for lab in labels] for c in clips])
+    truth = label_matrix(clips, labels)
     beds = np.array([f"{c.background.get('kind', 'none')}_bed" for c in clips])
     n_cols = [len(x) // 160 // PATCH_FRAMES for x in audio]
     targets = [targets_for(c, labels, n) for c, n in zip(clips, n_cols)]

@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from encoder.data.dataset import Corpus
     from encoder.data.teacher import TeacherScores
-    from encoder.evaluate import encode_clips
-    from encoder.frontend import PATCH_FRAMES
+    from encoder.evaluate import dev_clips, encode_clips, label_matrix
     from encoder.runtime import open_backend
 
     try:
@@ -73,17 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"encoder.probe: {e}", file=sys.stderr)
         return 2
     teacher = TeacherScores.open(corpus.path)
-    index = {lab: i for i, lab in enumerate(corpus.labels)}
     rng = np.random.default_rng(0)
     train = corpus.clips("train")
     train = [train[i] for i in rng.choice(len(train), min(a.train_clips, len(train)), replace=False)]
-    dev = [c for c in corpus.clips("dev") if c.n_samples >= PATCH_FRAMES * 160][: a.dev_clips]
-
-    def truth(clips) -> np.ndarray:
-        y = np.zeros((len(clips), len(index)), np.float32)
-        for i, c in enumerate(clips):
-            y[i, [index[lab] for lab in c.labels]] = 1.0
-        return y
+    dev = dev_clips(corpus, a.dev_clips)
 
     def ours(clips) -> np.ndarray:
         enc = encode_clips(backend, [corpus.audio(c)[: int(MAX_SECONDS * 16000)] for c in clips])
@@ -97,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(np.concatenate([s.mean(0), s.max(0)]))
         return np.stack(rows)
 
-    y_tr, y_dev = truth(train), truth(dev)
-    print(f"linear probe, {len(train)} train -> {len(dev)} dev clips, {len(index)} classes (top-1)")
+    y_tr, y_dev = (label_matrix(c, corpus.labels).astype(np.float32) for c in (train, dev))
+    print(f"linear probe, {len(train)} train -> {len(dev)} dev clips, {len(corpus.labels)} classes (top-1)")
     res = probe(ours(train), y_tr, ours(dev), y_dev)
     print(f"  {a.model}: train {res['train_top1']:.3f}  dev {res['dev_top1']:.3f}")
     if teacher is not None:
