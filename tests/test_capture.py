@@ -22,6 +22,7 @@ from streamer.capture.pusher import Pusher
 from streamer.capture.synth import Synth, parse_event
 from streamer.resample import StreamResampler, to_mono_16k
 from streamer.wire import Frame, decode
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
@@ -99,12 +100,6 @@ def assert_contiguous(frames: list[Frame]) -> None:
     assert len({f.epoch for f in frames}) == 1
     mono = [f.capture_mono_ns for f in frames]
     assert mono == sorted(mono)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def peak_hz(x: np.ndarray, rate: int) -> float:

@@ -7,7 +7,6 @@ tests use the shipped model (models/slap-tiny.safetensors).
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,18 +22,13 @@ from encoder.runtime import open_backend
 from streamer.config import EngineConfig
 from streamer.engine import Engine
 from streamer.wire import Frame
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "cache"
 SHIPPED = ROOT / "models" / "slap-tiny.safetensors"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 SR = 16000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def engine_config(tmp: Path, prompts: list[dict], sources: list[dict] | None = None, model: str = "slap-tiny",

@@ -9,7 +9,6 @@ counters and histograms move and the names, labels and queries hold.
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from encoder.runtime import open_backend
 from streamer.config import EngineConfig
 from streamer.engine import Engine
 from streamer.metrics import EngineMetrics, serve_metrics
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "cache"
@@ -37,12 +37,6 @@ DASHBOARD = ROOT / "configs" / "grafana" / "dashboards" / "slap-streamer.json"
 PROMETHEUS_CONFIG = ROOT / "configs" / "prometheus.yml"
 SR = 16000
 PROMPTS = [{"label": "beep", "text": "a beep"}, {"label": "dog", "text": "a dog barking"}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def config(tmp: Path | None, sources: list[dict]) -> EngineConfig:
@@ -130,25 +124,44 @@ def test_serve_metrics_chains_on_hop_serves_http_and_closes(backend):
         urllib.request.urlopen(server.url, timeout=2)
 
 
+def worker_metrics_url(worker: subprocess.Popen, timeout_s: float = 30.0) -> str:
+    """The URL a worker started with --metrics-port 0 logs ("worker metrics on URL"); its stderr is
+    drained on a thread from then on. A port picked here and bound there could be taken in
+    between (an outgoing connection's ephemeral port), so the worker picks it."""
+    found: list[str] = []
+    seen = threading.Event()
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in worker.stderr:
+            lines.append(line)
+            if "worker metrics on " in line and not found:
+                found.append(line.split("worker metrics on ", 1)[1].strip())
+                seen.set()
+        seen.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    seen.wait(timeout_s)
+    assert found, f"the worker logged no metrics URL in {timeout_s:.0f} s:\n{''.join(lines)}"
+    return found[0]
+
+
 def test_a_capture_worker_serves_its_counters(tmp_path):
     import zmq
 
     pull = zmq.Context.instance().socket(zmq.PULL)
     port = pull.bind_to_random_port("tcp://127.0.0.1")
-    metrics_port = free_port()
     worker = subprocess.Popen([sys.executable, "-m", "streamer.capture", "synth", "--endpoint", f"tcp://127.0.0.1:{port}",
-                               "--stream", "w1", "--duration", "30", "--realtime", "--metrics-port", str(metrics_port)],
-                              cwd=ROOT, env=ENV, stderr=subprocess.DEVNULL)
+                               "--stream", "w1", "--duration", "30", "--realtime", "--metrics-port", "0"],
+                              cwd=ROOT, env=ENV, stderr=subprocess.PIPE, text=True)
     try:
+        url = worker_metrics_url(worker)
         sent = 0.0
         end = time.monotonic() + 20
         while sent < 3 and time.monotonic() < end:
             while pull.poll(100):
                 pull.recv()
-            try:
-                samples = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
-            except (urllib.error.URLError, ConnectionError):
-                continue
+            samples = scrape(url)
             sent = samples.get(("slap_worker_frames_sent_total", (("stream", "w1"),)), 0.0)
         assert sent >= 3
         key = (("stream", "w1"),)

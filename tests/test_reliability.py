@@ -40,6 +40,7 @@ from streamer.config import ConfigError, EngineConfig, load_config
 from streamer.engine import DROP_REASONS, REJECT_REASONS, Engine
 from streamer.publish import ClipWriter
 from streamer.wire import MAGIC, WIRE_VERSION, Frame, WireError
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "cache"
@@ -50,12 +51,6 @@ TOGGLE = {"label": "toggle", "text": "glass breaking", "on_threshold": 0.0055, "
 DETECTOR = {"min_duration_s": 0.16, "merge_gap_s": 0.16, "smoothing": {"kind": "none"}}
 SYNTH = {"kind": "synth", "name": "synth", "signal": "pink", "level_db": -40,
          "events": ["2.0:beep:0.8", "5.0:burst:0.5", "8.0:chirp:0.6"]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def config(tmp: Path, prompts=(ALWAYS,), sources=(), **outputs) -> dict:
