@@ -12,6 +12,7 @@ from pathlib import Path
 
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 LOWEST = 20000  # above the well-known and most registered service ports
+_handed_out: set[int] = set()  # a test may pick two ports before binding either
 
 
 def _ephemeral_low() -> int:
@@ -26,12 +27,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     low = _ephemeral_low()
     candidates = random.sample(range(LOWEST, low), min(200, low - LOWEST)) if low - LOWEST > 0 else []
     for port in candidates:
+        if port in _handed_out:
+            continue
         with socket.socket() as s:
             try:
                 s.bind((host, port))
             except OSError:
                 continue
-            return port
+        _handed_out.add(port)
+        return port
     with socket.socket() as s:  # no room below the range: the kernel's pick
         s.bind((host, 0))
         return s.getsockname()[1]
