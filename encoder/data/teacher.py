@@ -41,7 +41,7 @@ def build_teacher_scores(corpus_dir: str | Path, cache_dir: str | Path = "cache"
 
     corpus = Corpus(corpus_dir)
     index_path = corpus.path / INDEX_FILE
-    key = str(corpus.info.get("key", ""))
+    key = _corpus_key(corpus.path)
     if index_path.exists() and (corpus.path / SCORES_FILE).exists():
         if json.loads(index_path.read_text()).get("corpus_key") == key:
             return corpus.path / SCORES_FILE
@@ -77,6 +77,11 @@ class TeacherScores:
             return cls(corpus_dir)
         except (OSError, ValueError, KeyError):
             return None
+
+    def patches(self, clip_id: str) -> np.ndarray:
+        """(patches, 521) float32: the clip's scores, one row per 0.96 s patch."""
+        start, n = self.index[clip_id]
+        return np.asarray(self.scores[start : start + n], np.float32)
 
     def column_targets(self, clip_id: str, offset_s: float, n_columns: int, column_s: float) -> np.ndarray:
         """(n_columns, 521) float32: each column takes the patch whose centre is nearest its own."""
