@@ -20,7 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -238,22 +239,89 @@ def format_table(res: dict) -> str:
     return "\n".join(rows)
 
 
+def real_audio_sections(model: str | None, cache_dir: str, threads: int, esc50_dir: str | None,
+                        clipset_dir: str | None, teachers: bool) -> dict:
+    """ESC-50 and our clip set, zero-shot, ours beside the teachers mapped to the same prompts."""
+    from encoder import clipset, esc50, zeroshot
+
+    backend = None
+    if model:
+        from encoder.runtime import open_backend
+
+        backend = open_backend("onnx", model, cache_dir, threads)
+    taggers = {}
+    if teachers:
+        from encoder.teachers.taggers import MN04Tagger, YamnetTagger
+
+        taggers = {"mn04": MN04Tagger(threads=threads), "yamnet": YamnetTagger(cache_dir)}
+    out = {}
+    if esc50_dir:
+        t = time.perf_counter()
+        clips = esc50.load(esc50_dir)
+        audio = [c.audio() for c in clips]
+        load_s = time.perf_counter() - t
+        res = zeroshot.run(audio, np.array([c.target for c in clips]), list(esc50.CLASSES), esc50.prompts(),
+                           backend, taggers, groups=[f"fold{c.fold}" for c in clips])
+        res.seconds["load"] = load_s
+        out["esc50"] = res
+    if clipset_dir:
+        t = time.perf_counter()
+        cs = clipset.load(clipset_dir)
+        audio = [cs.audio(i) for i in cs.items]
+        load_s = time.perf_counter() - t
+        res = zeroshot.run(audio, cs.targets(), cs.classes, cs.prompts(), backend, taggers,
+                           groups=[i.source for i in cs.items])
+        res.seconds["load"] = load_s
+        out["clipset"] = res
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="main.py eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="models/slap-tiny.safetensors")
-    p.add_argument("--corpus", default="cache/corpus")
+    p.add_argument("--esc50", help="ESC-50 folder (a checkout of saraalemadi/DroneAudioDataset); zero-shot over all 2,000 clips")
+    p.add_argument("--clipset", default="cache/clipset",
+                   help="our held-out real-recording clip set (`main.py data clipset`); skipped when absent")
+    p.add_argument("--corpus", default="cache/corpus", help="the mixture corpus (dev split: frame metrics); skipped when absent")
     p.add_argument("--cache-dir", default="cache")
-    p.add_argument("--max-clips", type=int, default=400)
+    p.add_argument("--max-clips", type=int, default=400, help="dev mixture clips")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-teachers", action="store_true", help="ours only on ESC-50 and the clip set")
+    p.add_argument("--per-class", action="store_true", help="also print top-1 per class")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
-    try:
-        res = evaluate(args.model, args.corpus, args.cache_dir, args.max_clips, args.threads)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"main.py eval: {e}", file=sys.stderr)
+    defaults = {k: p.get_default(k) for k in ("clipset", "corpus")}
+    # a path left at its default is optional; one given on the command line must exist
+    clipset_dir = args.clipset if (Path(args.clipset) / "manifest.jsonl").is_file() or args.clipset != defaults["clipset"] else None
+    corpus_dir = args.corpus if Path(args.corpus).is_dir() or args.corpus != defaults["corpus"] else None
+    if not (args.esc50 or clipset_dir or corpus_dir):
+        print("main.py eval: nothing to evaluate: give --esc50 DIR, build the clip set (`main.py data clipset`) "
+              "or the corpus (`main.py data build`)", file=sys.stderr)
         return 2
-    print(f"dev clips {res['clips']}, classes {res['classes']}, hours {res['hours']}")
-    print(format_table(res))
+    results: dict = {"model": args.model}
+    try:
+        t0 = time.perf_counter()
+        real = real_audio_sections(args.model, args.cache_dir, args.threads, args.esc50, clipset_dir, not args.no_teachers)
+        for name, res in real.items():
+            results[name] = asdict(res)
+            title = "ESC-50 zero-shot" if name == "esc50" else "clip set zero-shot"
+            print(zeroshot_table(res, title, args.per_class))
+            print(f"({name}: {res.clips} clips; seconds " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()) + ")\n")
+        if corpus_dir:
+            res = evaluate(args.model, corpus_dir, args.cache_dir, args.max_clips, args.threads)
+            results["dev"] = res
+            print(f"dev mixtures: clips {res['clips']}, classes {res['classes']}, hours {res['hours']}")
+            print(format_table(res))
+        results["wall_s"] = round(time.perf_counter() - t0, 1)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"main.py eval: {e}".splitlines()[0], file=sys.stderr)
+        return 2
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
+        Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def zeroshot_table(res, title: str, per_class: bool) -> str:
+    from encoder.zeroshot import format_table as table
+
+    return table(res, title, per_class)

@@ -311,6 +311,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def clipset_main(argv: list[str]) -> int:
+    """`python main.py data clipset --from REPOS --out cache/clipset`: the held-out real-recording
+    clip set (encoder.clipset)."""
+    from encoder import clipset
+
+    p = argparse.ArgumentParser(prog="main.py data clipset", description=clipset.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--from", dest="root", required=True, type=Path, help="folder holding the repository checkouts")
+    p.add_argument("--out", type=Path, default=Path("cache/clipset"))
+    args = p.parse_args(argv)
+    try:
+        items = clipset.build(args.root, args.out)
+    except FileNotFoundError as e:
+        print(f"main.py data clipset: {e}", file=sys.stderr)
+        return 2
+    sources = sorted({i.source for i in items})
+    print(f"{len(items)} clips, {len({i.label for i in items})} classes, "
+          f"{sum(i.seconds for i in items) / 60:.1f} min from {', '.join(sources)} -> {args.out}")
+    return 0
+
+
 def cli(argv: list[str]) -> int:
     """`python main.py data build ...` (the same as `python -m encoder.data.build ...`) and
     `python main.py data teacher [--corpus DIR]` (YAMNet teacher scores, encoder.data.teacher)."""
@@ -318,9 +339,11 @@ def cli(argv: list[str]) -> int:
         from encoder.data.teacher import main as teacher_main
 
         return teacher_main(argv[1:])
+    if argv and argv[0] == "clipset":
+        return clipset_main(argv[1:])
     if not argv or argv[0] != "build":
-        print("usage: python main.py data build [--out DIR] [--hours H] [--tiny] ... | data teacher [--corpus DIR]",
-              file=sys.stderr)
+        print("usage: python main.py data build [--out DIR] [--hours H] [--tiny] ... | data teacher [--corpus DIR]"
+              " | data clipset --from REPOS [--out DIR]", file=sys.stderr)
         return 2
     return main(argv[1:])
 
