@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="models/slap-tiny.safetensors")
     p.add_argument("--esc50", help="ESC-50 folder (a checkout of saraalemadi/DroneAudioDataset); zero-shot over all 2,000 clips")
     p.add_argument("--clipset", default="cache/clipset",
-                   help="our held-out real-recording clip set (`main.py data clipset`); skipped when absent")
+                   help="our held-out real-recording clip set (`main.py data clipset`); skipped when absent or 'none'")
     p.add_argument("--corpus", default="cache/corpus", help="the mixture corpus (dev split: frame metrics); skipped when absent")
     p.add_argument("--cache-dir", default="cache")
     p.add_argument("--max-clips", type=int, default=400, help="dev mixture clips")
@@ -292,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     defaults = {k: p.get_default(k) for k in ("clipset", "corpus")}
     # a path left at its default is optional; one given on the command line must exist
-    clipset_dir = args.clipset if (Path(args.clipset) / "manifest.jsonl").is_file() or args.clipset != defaults["clipset"] else None
+    clipset_dir = None
+    if args.clipset != "none" and ((Path(args.clipset) / "manifest.jsonl").is_file() or args.clipset != defaults["clipset"]):
+        clipset_dir = args.clipset
     corpus_dir = args.corpus if Path(args.corpus).is_dir() or args.corpus != defaults["corpus"] else None
     if not (args.esc50 or clipset_dir or corpus_dir):
         print("main.py eval: nothing to evaluate: give --esc50 DIR, build the clip set (`main.py data clipset`) "
