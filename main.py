@@ -4,6 +4,8 @@
     python main.py model --config slap-tiny                              model summary
     python main.py data build [--out DIR] [--hours H]                    build the training corpus
     python main.py train ... | eval ... | export ... | bench ...         (see each --help)
+    python main.py search "a dog barking" [--since 1d] [--stream NAME]   rank past audio by text
+    python main.py web [--host H --port P --token T]                     the web view
 
 Each command lives in its own module and is imported only when used, so a command never
 pays for another's imports.
@@ -27,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "subscribe": "streamer.cli:subscribe_main",
     "events": "streamer.cli:events_main",
     "config": "streamer.cli:config_main",
+    "search": "streamer.search:main",
+    "web": "streamer.web.server:main",
 }
 
 

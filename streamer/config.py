@@ -262,6 +262,21 @@ class ClipsConfig(_Model):
     max_total_mb: float = Field(1024.0, gt=0)
 
 
+class EmbeddingsConfig(_Model):
+    """One global embedding per hop per stream (fp16), for `main.py search` and the web view's search.
+
+    256-d fp16 = 512 B a hop: at the default 0.5 s hop, 86 MB a day per stream. `audio` keeps the
+    analysed 16 kHz audio as well (FLAC, roughly 1-2 GB a day per stream), so search results play.
+    """
+
+    enabled: bool = True
+    path: Path | None = Field(None, description="SQLite file; null: embeddings.db beside the event log")
+    max_age_days: float = Field(7.0, gt=0, description="hops (and their audio) older than this are deleted")
+    max_total_mb: float = Field(512.0, gt=0, description="embeddings; past it the oldest hops go first")
+    audio: bool = Field(False, description="keep the audio too (FLAC), so search results can be played")
+    audio_max_total_mb: float = Field(2048.0, gt=0, description="stored audio; past it the oldest goes first")
+
+
 def _curve_secret_key(path: Path) -> Path:
     from zmq.auth import load_certificate
 
@@ -297,6 +312,7 @@ class OutputsConfig(_Model):
     event_log: Path | None = Field(Path("events/events.db"), description="SQLite file; null: no log")
     scores_topic: bool = False
     clips: ClipsConfig = ClipsConfig()
+    embeddings: EmbeddingsConfig = EmbeddingsConfig()
     curve: CurveConfig | None = Field(None, description="CURVE authentication of capture workers; null: off")
 
     @model_validator(mode="after")
@@ -310,6 +326,14 @@ class OutputsConfig(_Model):
         if not self.clips.enabled:
             return None
         return self.clips.dir or self.event_log.parent / "clips"
+
+    @property
+    def embeddings_path(self) -> Path | None:
+        """The embedding store's file; None when off (or no path and no event log to put it beside)."""
+        e = self.embeddings
+        if not e.enabled or (e.path is None and self.event_log is None):
+            return None
+        return e.path or self.event_log.parent / "embeddings.db"
 
 
 class MetricsConfig(_Model):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sqlite3
 import tempfile
 import time
 from collections import Counter
@@ -43,6 +44,7 @@ from encoder.frontend import PATCH_FRAMES, SECONDS_PER_COLUMN
 from streamer.config import CurveConfig, EngineConfig
 from streamer.context import COLUMN_SAMPLES, StreamContext, Window
 from streamer.detector import EventDetector, EventEdge, Smoothing
+from streamer.embedding_store import EmbeddingStore
 from streamer.ingest import QUEUE_BYTES, QUEUE_FRAMES, FrameQueue, WorkerKeys, is_loopback
 from streamer.matcher import Calibration, Matcher, PromptCache, prompt_embeddings
 from streamer.publish import ClipWriter, Event, EventLog, Publisher, new_event_id
@@ -125,6 +127,8 @@ class StreamState:
     newest_wall: float | None = None  # capture wall clock (Unix s) of the newest sample
     arrival_lag: float | None = None  # seconds from the newest sample's capture to its feed into the context
     stale: bool = False
+    level_energy: float = 0.0  # sum of squared samples fed since the last hop (the scores' level_db)
+    level_samples: int = 0
 
 
 class Engine:
@@ -198,6 +202,21 @@ class Engine:
         if cfg.outputs.clips_dir is not None:
             self.clips = ClipWriter(cfg.outputs.clips_dir, pre_roll_s=c.pre_roll_s, post_roll_s=c.post_roll_s,
                                     fmt=c.format, max_age_days=c.max_age_days, max_total_mb=c.max_total_mb)
+        self.embeddings: EmbeddingStore | None = None
+        if bind and cfg.outputs.embeddings_path is not None:
+            self.embeddings = self._open_embeddings(cfg)
+
+    def _open_embeddings(self, cfg: EngineConfig) -> EmbeddingStore | None:
+        """The per-hop embedding store for search; None (logged) when its file cannot be opened."""
+        e = cfg.outputs.embeddings
+        try:
+            return EmbeddingStore(cfg.outputs.embeddings_path, model=self.model_id, hop_s=cfg.context.hop_s,
+                                  context_s=cfg.context.max_context_s, max_age_days=e.max_age_days,
+                                  max_total_mb=e.max_total_mb, audio=e.audio, audio_max_total_mb=e.audio_max_total_mb)
+        except (OSError, sqlite3.Error) as err:
+            log.error("embedding store %s not opened (%s): the engine runs without search",
+                      cfg.outputs.embeddings_path, err)
+            return None
 
     def _secure_ingest(self, curve: CurveConfig) -> None:
         """CURVE server on the PULL socket; a ZAP handler admits known worker keys only."""
@@ -344,8 +363,9 @@ class Engine:
 
     def serve_queues(self, budget_s: float = SERVE_BUDGET_S) -> int:
         """Feed queued frames round-robin (one per stream per round) until the queues are empty
-        or budget_s has passed; the first stream served rotates from turn to turn. Returns frames fed."""
-        names = [name for name, q in self.queues.items() if q.frames]
+        or budget_s has passed; the first stream served rotates from turn to turn. A lossless stream
+        stops at a due hop, so each of its hops is analysed (none skipped). Returns frames fed."""
+        names = [name for name, q in self.queues.items() if q.frames and not self._hop_waits(name)]
         if not names:
             return 0
         self._rr = (self._rr + 1) % len(names)
@@ -356,10 +376,15 @@ class Engine:
             for name in names:
                 self._feed_frame(self.queues[name].pop())
                 fed += 1
-            names = [name for name in names if self.queues[name].frames]
+            names = [name for name in names if self.queues[name].frames and not self._hop_waits(name)]
             if time.monotonic() >= deadline:
                 break
         return fed
+
+    def _hop_waits(self, name: str) -> bool:
+        """A lossless stream whose due hop is not served yet: feeding it more would skip that hop."""
+        state = self.streams.get(name)
+        return name in self.lossless and state is not None and state.context.hop_due
 
     def feed(self, name: str, samples: np.ndarray, rate: int, *, seq: int, epoch: int,
              mono_ns: int | None = None, wall_ns: int | None = None) -> None:
@@ -395,6 +420,10 @@ class Engine:
                                   for label, d in state.detectors.items()})
         if self.clips is not None:
             self.clips.push(name, mono, push.start_sample)
+        if self.embeddings is not None:
+            self.embeddings.push_audio(name, mono, push.start_sample, None if wall_ns is None else wall_ns / 1e9)
+        state.level_energy += float(np.dot(mono, mono))
+        state.level_samples += len(mono)
         if state.due_since is None and state.context.hop_due:
             state.due_since = now
 
@@ -435,13 +464,19 @@ class Engine:
         new_events = 0
         for i, (s, w) in enumerate(zip(due, windows)):
             new_events += self._publish(s, edges_per_stream[i])
+            level_db = 10 * np.log10(max(s.level_energy / max(s.level_samples, 1), 1e-10))
+            s.level_energy, s.level_samples = 0.0, 0
+            if self.embeddings is not None and keep[i]:
+                self.embeddings.add(s.name, glob[i], w.first_column, w.n_columns,
+                                    s.context.wall_time(w.first_column * PATCH_FRAMES),
+                                    s.context.wall_time((w.first_column + w.n_columns) * PATCH_FRAMES))
             if self.publisher is not None and self.cfg.outputs.scores_topic and keep[i]:
                 hop_cols = max(1, min(w.n_columns, s.context.hop_frames // PATCH_FRAMES))
                 first = w.n_columns - hop_cols
                 self.publisher.publish_scores(
                     s.name, model=self.model_id, labels=scores.labels, columns=scores.column_scores[i, first:w.n_columns],
                     first_column=w.first_column + first, start=s.context.wall_time((w.first_column + first) * PATCH_FRAMES),
-                    global_scores=scores.global_scores[i])
+                    global_scores=scores.global_scores[i], level_db=level_db)
         t_pub = time.monotonic()
         now_wall = time.time()
         e2e = [now_wall - s.newest_wall for s in due if s.newest_wall is not None]
@@ -554,6 +589,8 @@ class Engine:
             pass
         self.check_stale()
         self._retry_event_log()
+        if self.embeddings is not None:
+            self.embeddings.tick()
         return n
 
     def _retry_event_log(self) -> None:
@@ -575,6 +612,8 @@ class Engine:
             self._publish(self.streams[name], {label: d.flush("engine_stop") for label, d in self.streams[name].detectors.items()})
         if self.clips is not None:
             self.clips.flush()
+        if self.embeddings is not None:
+            self.embeddings.close()
         if self.publisher is not None:
             if self.publisher.event_log is not None:
                 self.publisher.event_log.close()

@@ -490,11 +490,13 @@ class Publisher:
         start: float | None,
         global_scores: np.ndarray | None = None,
         column_s: float = SECONDS_PER_COLUMN,
+        level_db: float | None = None,
     ) -> bool:
         """Send one hop's scores on scores.<stream>, if anyone subscribes (else nothing is built).
 
         columns: (C, P) scores of the hop's new columns, P = len(labels); first_column: the stream
-        column index of columns[0]; start: its Unix time; global_scores: (P,) or None.
+        column index of columns[0]; start: its Unix time; global_scores: (P,) or None;
+        level_db: the hop's audio level (dB re full scale, RMS) or None.
         """
         topic = scores_topic(stream)
         if not self.has_subscribers(topic):
@@ -514,6 +516,7 @@ class Publisher:
             "global": None
             if global_scores is None
             else np.round(np.asarray(global_scores, np.float64), 4).tolist(),
+            "level_db": _num(level_db, 1),
             "time": _num(time.time(), 3),
         }
         if self._send(topic, payload):
