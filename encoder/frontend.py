@@ -29,6 +29,7 @@ PATCH_MELS = 16
 FREQ_PATCHES = exact_div(N_MELS, PATCH_MELS)  # 4 patches per time column
 PATCH_DIM = PATCH_FRAMES * PATCH_MELS  # 256 values per patch
 SECONDS_PER_COLUMN = PATCH_FRAMES / FRAMES_PER_SECOND  # 0.16 s
+COLUMN_SAMPLES = PATCH_FRAMES * HOP_LENGTH  # 2560 samples: one column, the encoder's smallest input
 F_MIN, F_MAX = 0.0, SAMPLE_RATE / 2
 LOG_FLOOR = 1e-10  # power floor before log10: -100 dB, below int16 quantisation noise
 # Fixed affine normalisation (not per clip, which would break streaming):
@@ -154,6 +155,27 @@ class StreamingLogMel:
 def n_columns(n_frames: int) -> int:
     """Patch columns (160 ms each) in n_frames; a trailing partial column is dropped."""
     return n_frames // PATCH_FRAMES
+
+
+def scored_columns(n_samples: int) -> int:
+    """Columns a clip of n_samples is scored in: the nearest whole number, and at least one.
+
+    A trailing partial column of half a column (80 ms) or more is completed with silence, a shorter
+    one is left out, and a clip shorter than one column (0 samples included) is padded to one: the
+    encoder has no smaller input, so a 0.1 s door slam is still scored."""
+    return max(1, (n_samples + COLUMN_SAMPLES // 2) // COLUMN_SAMPLES)
+
+
+def pad_to_columns(audio: np.ndarray) -> np.ndarray:
+    """(N,) float32 16 kHz -> (M,) float32, zeros appended so that M >= scored_columns(N) * COLUMN_SAMPLES.
+
+    The log-mel of the result has at least `scored_columns(N)` whole columns (a shorter trailing
+    part is cut by `patchify`, as before). Silence is what a stream's end is followed by, so a
+    clip scored here gets the same columns as the same audio at the end of a stream.
+    """
+    audio = np.asarray(audio, dtype=np.float32)
+    missing = scored_columns(audio.size) * COLUMN_SAMPLES - audio.size
+    return np.concatenate([audio, np.zeros(missing, np.float32)]) if missing > 0 else audio
 
 
 def n_tokens(n_frames: int) -> int:

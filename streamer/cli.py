@@ -17,6 +17,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -113,11 +115,28 @@ def lossless_streams(sources) -> set[str]:
     return {s.name for s in sources if s.kind in ("file", "synth") and not s.realtime}
 
 
+def failure_reason(returncode: int) -> str:
+    """A worker's error exit -> a reason of streamer.engine.SOURCE_FAILURE_REASONS (see
+    streamer/capture/cli.py for the exit codes)."""
+    if returncode == 2:
+        return "source_error"
+    return "killed" if returncode < 0 else "failed"
+
+
 class WorkerSupervisor:
     """Starts one capture worker per source and restarts any that exits, with capped backoff.
-    extra_args: appended to every worker's command line (the engine's CURVE flags)."""
+    extra_args: appended to every worker's command line (the engine's CURVE flags).
 
-    def __init__(self, sources, endpoint: str, extra_args: list[str] | None = None, metrics_port: int | None = None):
+    Every error exit is counted (`failures`, by (source, reason)) and handed to on_failure (the
+    engine's counters, so a metric shows it). A file source that is not looped is not restarted
+    after one: its file is missing, empty or unreadable, or failed part way, and playing it again
+    would fail again or send its first part twice; `gave_up` names those sources."""
+
+    def __init__(self, sources, endpoint: str, extra_args: list[str] | None = None, metrics_port: int | None = None,
+                 on_failure: Callable[[str, str], None] | None = None):
+        self.on_failure = on_failure
+        self.failures: Counter = Counter()
+        self.gave_up: set[str] = set()
         self.sources = {s.name: s for s in sources}
         self.endpoint = endpoint
         self.extra_args = list(extra_args or [])
@@ -149,6 +168,16 @@ class WorkerSupervisor:
                 log.info("worker %s finished its file", name)
                 del self.procs[name]
                 continue
+            if name not in self.next_start and rc != 0:
+                reason = failure_reason(rc)
+                self.failures[(name, reason)] += 1
+                if self.on_failure is not None:
+                    self.on_failure(name, reason)
+                if src.kind == "file" and not src.loop:
+                    log.error("worker %s failed (exit %s, %s): its file is not played again", name, rc, reason)
+                    self.gave_up.add(name)
+                    del self.procs[name]
+                    continue
             if name not in self.next_start:
                 n = self.restarts.get(name, 0)
                 delay = min(0.5 * 2**n, 30.0)
@@ -229,8 +258,11 @@ def run_main(argv: list[str]) -> int:
     watcher = ConfigWatcher(path) if not args.source and args.config else None
     if watcher is not None:
         watcher.prime()
+    def count_failure(name: str, reason: str) -> None:
+        engine.counters.source_failures[(name, reason)] += 1
+
     supervisor = WorkerSupervisor(cfg.sources, engine.ingest_endpoint, engine.worker_args,
-                                  cfg.metrics.port if metrics is not None else None)
+                                  cfg.metrics.port if metrics is not None else None, count_failure)
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
@@ -269,7 +301,7 @@ def run_main(argv: list[str]) -> int:
         engine.close()
         if metrics is not None:
             metrics.close()
-    return 0
+    return 1 if supervisor.gave_up else 0  # a file that could not be played is a failed run
 
 
 # --- tag ----------------------------------------------------------------------------------------
@@ -289,52 +321,67 @@ def tag_config(args) -> EngineConfig:
     return EngineConfig.model_validate(cfg.model_dump() | update)
 
 
-def tag_file(engine, path: Path, chunk_s: float = 0.1) -> None:
-    """Run one file through the streaming path (context -> hops -> detector) as fast as possible."""
-    import soundfile as sf
-
-    from streamer.resample import to_mono_16k
-
-    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    mono = to_mono_16k(audio, rate)
+def tag_file(engine, path: Path, mono: np.ndarray, chunk_s: float = 0.1) -> None:
+    """Run one file's 16 kHz mono audio (n,) float32 through the streaming path (context -> hops ->
+    detector) as fast as possible; its end is scored with the last partial column padded
+    (Engine.finish_stream), so a clip shorter than one column is scored too."""
     name = _stream_name(path.name)
     step = int(chunk_s * 16000)
-    for seq, i in enumerate(range(0, len(mono), step)):
-        engine.feed(name, mono[i:i + step, None], 16000, seq=seq, epoch=1)
-        while engine.step() is not None:
-            pass
-    engine.finish_stream(name)
+    try:
+        for seq, i in enumerate(range(0, len(mono), step)):
+            engine.feed(name, mono[i:i + step, None], 16000, seq=seq, epoch=1)
+            while engine.step() is not None:
+                pass
+        engine.finish_stream(name)
+    finally:
+        engine.streams.pop(name, None)  # the next file of the same name starts a fresh stream at 0 s
 
 
-def clip_scores(backend, matcher, path: Path, prompts: dict[str, str]) -> dict[str, float]:
-    """Whole-clip scores by prompt text (label -> text in `prompts`) from the global embedding
-    (30 s windows averaged for longer files)."""
-    import soundfile as sf
+CLIP_WINDOW_COLUMNS = 187  # 29.92 s: the whole columns of the encoder's longest training clip (30 s)
 
-    from encoder.frontend import log_mel
-    from streamer.resample import to_mono_16k
 
-    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    mel = log_mel(to_mono_16k(audio, rate))
-    win = 3000
-    globs = []
-    for start in range(0, max(mel.shape[1] - 1, 1), win):
-        part = mel[:, start:start + win]
-        if part.shape[1] < 16:
-            continue
-        globs.append(backend.encode(part[None].copy(), np.array([part.shape[1]], np.int64))[2][0])
-    glob = np.mean(globs, axis=0)[None]
-    s = matcher(glob, np.zeros((1, 1, glob.shape[1]), np.float32))
+def clip_scores(backend, matcher, mono: np.ndarray, prompts: dict[str, str]) -> dict[str, float]:
+    """Whole-clip scores by prompt text (label -> text in `prompts`) of 16 kHz mono audio (n,) from
+    the global embedding: a clip shorter than one 160 ms column is padded to one with silence
+    (`frontend.pad_to_columns`); a longer one is cut into 30 s windows whose embeddings are averaged,
+    each weighted by its length (a 2 s tail does not count as much as 30 s)."""
+    from encoder.frontend import PATCH_FRAMES, log_mel, pad_to_columns
+
+    mel = log_mel(pad_to_columns(mono))
+    n_columns = mel.shape[1] // PATCH_FRAMES  # at least one (pad_to_columns)
+    n_windows = -(-n_columns // CLIP_WINDOW_COLUMNS)
+    bounds = np.linspace(0, n_columns, n_windows + 1).round().astype(int) * PATCH_FRAMES
+    globs, weights = [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):  # windows of whole columns, as equal as they can be
+        part = np.ascontiguousarray(mel[None, :, a:b])
+        globs.append(backend.encode(part, np.array([b - a], np.int64))[2][0])
+        weights.append(b - a)
+    glob = np.average(np.stack(globs), axis=0, weights=weights)[None].astype(np.float32)  # (1, E)
+    s = matcher(glob, np.zeros((1, 0, glob.shape[1]), np.float32))  # no columns: clip-level scores only
     return {prompts.get(label, label): round(float(v), 4) for label, v in zip(s.labels, s.global_scores[0])}
 
 
+def _read_mono(path: Path) -> tuple[np.ndarray, str | None]:
+    """A file as 16 kHz mono float32 in [-1, 1], and why its decoding stopped early (or None).
+    Raises AudioFileError (one line) for a file that cannot be used."""
+    from streamer.audio_file import read_audio
+    from streamer.resample import to_mono_16k
+
+    audio = read_audio(path)
+    # float files may hold any finite value and resampling overshoots: keep the mel finite, as the engine does
+    return np.clip(to_mono_16k(audio.samples, audio.rate), -1.0, 1.0), audio.error
+
+
 def tag_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="main.py tag", description="Tag audio files through the streaming path.")
+    p = argparse.ArgumentParser(
+        prog="main.py tag", description="Tag audio files through the streaming path. A file that cannot be "
+        "read is one line on stderr (the file and why) and the next file goes on; exit status 1 if any failed.")
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--config", type=Path)
     p.add_argument("--prompt", action="append", help="a prompt (repeatable); instead of --config")
     p.add_argument("--model", help="weights file (default: the config's)")
-    p.add_argument("--json", action="store_true", help="one JSON line per event")
+    p.add_argument("--json", action="store_true", help="one JSON line per event, and one per file "
+                   '(kind "file_end": its number of events and seconds)')
     p.add_argument("--scores", action="store_true", help="one JSON line per file with clip-level scores")
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
@@ -344,31 +391,52 @@ def tag_main(argv: list[str]) -> int:
     except (ConfigError, ValueError) as e:
         print(f"main.py tag: {e}".splitlines()[0], file=sys.stderr)
         return 2
+    from streamer.audio_file import AudioFileError
     from streamer.engine import Engine
 
     backend = _open_backend(cfg, "main.py tag")
     if backend is None:
         return 2
+    starts: dict[str, int] = {}  # start events by stream, for each file's closing line
 
     def show(payloads: list[dict]) -> None:
         for pl in payloads:
+            starts[pl["stream"]] = starts.get(pl["stream"], 0) + (pl["kind"] == "start")
             if args.json:
                 print(json.dumps({k: pl[k] for k in ("stream", "label", "prompt", "kind", "score", "model", "reason")}
                                  | {"onset": pl["stream_onset"], "offset": pl["stream_offset"]}), flush=True)
             elif not args.scores:
                 print(_format_event(pl), flush=True)
 
+    def fail(path: Path, reason: str) -> None:
+        print(f"main.py tag: {path}: {reason}".splitlines()[0], file=sys.stderr, flush=True)
+
     engine = Engine(cfg, backend, on_events=None if args.scores else show, bind=False)
     prompts = {p.label: " | ".join(p.text) for p in cfg.prompts}
     status = 0
     for path in args.paths:
         try:
+            mono, error = _read_mono(path)
             if args.scores:
-                print(json.dumps({"file": str(path), "scores": clip_scores(backend, engine.matcher, path, prompts)}), flush=True)
+                print(json.dumps({"file": str(path), "scores": clip_scores(backend, engine.matcher, mono, prompts)}),
+                      flush=True)
             else:
-                tag_file(engine, path)
-        except (OSError, RuntimeError, ValueError) as e:  # soundfile raises RuntimeError for unreadable audio
-            print(f"main.py tag: {path}: {e}".splitlines()[0], file=sys.stderr)
+                name = _stream_name(path.name)
+                starts[name] = 0
+                tag_file(engine, path, mono)
+                seconds = round(len(mono) / 16000, 3)
+                print(json.dumps({"file": str(path), "stream": name, "kind": "file_end", "events": starts[name],
+                                  "seconds": seconds}) if args.json
+                      else f"{name:>12} done  {starts[name]} events in {seconds:.2f} s", flush=True)
+            if error is not None:  # scored up to where decoding stopped; still a failed file
+                fail(path, error)
+                status = 1
+        except AudioFileError as e:
+            fail(path, e.reason)
+            status = 1
+        except Exception as e:  # a bug must not lose the rest of the batch: one line, and the next file
+            log.debug("%s", path, exc_info=True)
+            fail(path, f"internal error ({type(e).__name__}: {e}); rerun with --log-level DEBUG for the traceback")
             status = 1
     return status
 

@@ -27,12 +27,14 @@ spliced without a gap, and the wall-clock mapping follows, as it is re-anchored 
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
 from encoder.frontend import (
+    COLUMN_SAMPLES,
     FRAMES_PER_SECOND,
     HOP_LENGTH,
     N_MELS,
@@ -43,7 +45,6 @@ from encoder.frontend import (
 )
 
 GAP_POLICIES = ("zero_fill", "reset")
-COLUMN_SAMPLES = PATCH_FRAMES * HOP_LENGTH  # 2560 samples: the clock jumps in whole columns
 MAX_CONTEXT_S = 30.0  # the encoder's longest training clip
 RETIRED_EPOCHS = 8  # epochs remembered as replaced, so their late chunks cannot reset the context
 
@@ -288,6 +289,23 @@ class StreamContext:
         start = max(end - self.window_frames, self._ring.start + (-self._ring.start) % PATCH_FRAMES)
         start = min(start, end)
         return Window(self._ring.view(start, end), start)
+
+    def tail_window(self) -> Window:
+        """`window()` plus the newest partial column, completed with silence when it holds at least
+        half a column, or when the segment has no whole column yet (`frontend.scored_columns`): at a
+        stream's end, the audio after the last whole column is scored too. The context is unchanged
+        (the silence goes through a copy of the mel state), so the stream clock never moves for it."""
+        partial = self.end_frame % PATCH_FRAMES * HOP_LENGTH + self._mel.pending_samples  # samples
+        whole = self.window()
+        if partial == 0 or (whole.n_columns and partial < COLUMN_SAMPLES // 2):
+            return whole
+        mel = copy.copy(self._mel)  # its buffer is replaced, never written in place: a shallow copy is enough
+        frames = mel(np.zeros(COLUMN_SAMPLES - partial, np.float32))  # (N_MELS, t): the column's missing frames
+        end = self.end_frame + frames.shape[1]
+        start = max(end - self.window_frames, self._ring.start + (-self._ring.start) % PATCH_FRAMES)
+        mel_frames = np.concatenate([self._ring.view(start, self.end_frame), frames], axis=1)
+        mel_frames.flags.writeable = False
+        return Window(mel_frames, start)
 
     def next_window(self) -> Window | None:
         """The window if a hop is due (and take the hop), else None.

@@ -76,6 +76,13 @@ DROP_REASONS = (
     "queue_full",  # its stream's queue was full: the oldest frame made room
 )
 RESERVED_STREAM_IDS = (".", "..")
+# Reasons of EngineCounters.source_failures: why a capture worker exited with an error (counted by
+# the supervisor of `main.py`; stable: metric labels).
+SOURCE_FAILURE_REASONS = (
+    "source_error",  # exit 2: the source cannot be opened (a missing, empty or unreadable file, no device, ...)
+    "failed",  # another error exit: it failed while running (a file whose decoding stops part way, ...)
+    "killed",  # ended by a signal
+)
 
 
 @dataclass
@@ -93,6 +100,7 @@ class EngineCounters:
     config_reload_failures: int = 0
     stale_transitions: int = 0
     auth_refused: int = 0  # worker connections refused by CURVE authentication (unknown key)
+    source_failures: Counter = field(default_factory=Counter)  # by (stream, reason): SOURCE_FAILURE_REASONS
     audio_seconds: float = 0.0  # stream-seconds of new audio analysed
     busy_seconds: float = 0.0  # wall seconds spent serving hops (real-time factor = busy / audio)
 
@@ -547,6 +555,7 @@ class Engine:
                 state.stale = True
                 self.counters.stale_transitions += 1
                 log.warning("stream %s: stale (no audio for %.1f s)", state.name, now - state.last_seen)
+                self._score_tail(state)  # what came after its last hop (a file worker's end, say) is scored too
                 self._publish(state, {label: d.flush("stale") for label, d in state.detectors.items()})
                 self._send_status(state.name, "stale", "no_audio")
 
@@ -557,16 +566,21 @@ class Engine:
             return
         while self.step() is not None:
             pass
-        if state.context.end_frame // PATCH_FRAMES > 0:
-            w = state.context.window()
-            if w.n_columns:
-                columns, valid, glob = self.backend.encode(w.mel[None].copy(), np.array([w.mel.shape[1]], np.int64))
-                scores = self.matcher(glob, columns, valid)
-                self._publish(state, {label: state.detectors[label](scores.column_scores[0, :w.n_columns, p], w.first_column)
-                                      for p, label in enumerate(scores.labels)})
+        self._score_tail(state)
         self._publish(state, {label: d.flush(reason) for label, d in state.detectors.items()})
         if self.clips is not None:
             self.clips.flush(name)
+
+    def _score_tail(self, state: StreamState) -> None:
+        """Score the audio after a stream's last hop, its partial column padded with silence
+        (StreamContext.tail_window): a file's last 160 ms, or all of a clip shorter than one column."""
+        w = state.context.tail_window()
+        if not w.n_columns:
+            return
+        columns, valid, glob = self.backend.encode(w.mel[None].copy(), np.array([w.mel.shape[1]], np.int64))
+        scores = self.matcher(glob, columns, valid)
+        self._publish(state, {label: state.detectors[label](scores.column_scores[0, :w.n_columns, p], w.first_column)
+                              for p, label in enumerate(scores.labels) if label in state.detectors})
 
     # -- loop -----------------------------------------------------------------------------------
     def poll_once(self, timeout_ms: int = 20) -> int:

@@ -51,6 +51,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)  # windows per encoder call; engine.MAX_BAT
 # Reasons known before they happen (pre-initialised to 0); streamer.engine's own lists win where it has them.
 DROP_REASONS = ("late", "stale_epoch")  # EngineCounters.frames_dropped
 REJECT_REASONS = (*WIRE_ERROR_REASONS, "unknown_stream")  # EngineCounters.frames_rejected
+SOURCE_FAILURE_REASONS = ("source_error", "failed", "killed")  # EngineCounters.source_failures
 PUBLISH_KINDS = ("events", "scores")
 DEFAULT_HOST = "127.0.0.1"  # loopback: metrics name streams and prompts; expose them on purpose
 _LABEL_NAME = re.compile(r"[^a-zA-Z0-9_]")
@@ -133,6 +134,10 @@ class Metrics:
             "counter", "slap_stream_stale_transitions_total", "Streams going stale (no audio for 2 s)")
         self.auth_refused = Scraped(
             "counter", "slap_auth_refused_total", "Worker connections refused by CURVE authentication")
+        self.source_failures = Scraped(
+            "counter", "slap_source_failures_total", "Capture workers that exited with an error: source_error "
+            "(its source cannot be opened: a missing, empty or unreadable file, ...), failed (it failed while "
+            "running: a file whose decoding stops part way, ...), killed (a signal)", ("stream", "reason"))
         self.prompts = Scraped("gauge", "slap_prompts", "Prompts of the running config")
         self.model = Scraped("info", "slap_model_info", "The encoder: model name and hash, backend, device, threads")
         # -- engine, per stream (StreamState, ContextStats)
@@ -216,6 +221,7 @@ class EngineMetrics:
 
         self.drop_reasons = getattr(engine_module, "DROP_REASONS", DROP_REASONS)
         self.reject_reasons = getattr(engine_module, "REJECT_REASONS", REJECT_REASONS)
+        self.failure_reasons = getattr(engine_module, "SOURCE_FAILURE_REASONS", SOURCE_FAILURE_REASONS)
         self._previous: Callable[[HopStats], None] | None = None
         self._attached = False
         self.registry.register(self)
@@ -277,6 +283,9 @@ class EngineMetrics:
         yield m.stale_transitions.family(c.stale_transitions)
         if hasattr(c, "auth_refused"):
             yield m.auth_refused.family(c.auth_refused)
+        failures = {(stream, reason): 0.0 for stream in engine.allowed or () for reason in self.failure_reasons}
+        failures.update({key: float(v) for key, v in getattr(c, "source_failures", {}).items()})
+        yield m.source_failures.family(failures)
         yield m.model.family(self._info)
         yield from self._streams()
         yield from self._outputs()

@@ -160,3 +160,23 @@ def test_the_engine_modules_never_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("n", [1, 1600, 2560, 3000, 3900, 20_000, 170_000])
+def test_the_tail_window_is_the_padded_clip_and_leaves_the_context_as_it_was(n):
+    audio = _noise(n)
+    ctx = StreamContext(max_context_s=10.0, hop_s=0.5)
+    _feed(ctx, audio)
+    end_sample, end_frame = ctx.end_sample, ctx.end_frame
+    tail = ctx.tail_window()
+    batch = fe.log_mel(fe.pad_to_columns(audio))
+    end = batch.shape[1] // fe.PATCH_FRAMES * fe.PATCH_FRAMES  # whole columns of the padded clip
+    assert tail.end_frame == end and tail.n_columns == min(end, ctx.window_frames) // fe.PATCH_FRAMES
+    np.testing.assert_allclose(tail.mel, batch[:, tail.start_frame : end], atol=1e-5)
+    assert (ctx.end_sample, ctx.end_frame) == (end_sample, end_frame)  # the padding never entered the stream
+    more = _noise(4 * CHUNK, seed=1)  # the stream goes on: its audio follows the clip's, not the padding
+    _feed(ctx, more, seq0=-(-n // CHUNK))
+    w = ctx.window()
+    assert w.n_columns >= 2
+    np.testing.assert_allclose(w.mel, fe.log_mel(np.concatenate([audio, more]))[:, w.start_frame : w.end_frame],
+                               atol=1e-5)

@@ -94,3 +94,11 @@ def test_bad_input_gives_one_line_error(audio, rate, message):
         fe.log_mel(audio, rate)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("n", [0, 1, 1279, 1280, 2559, 2560, 2561, 3839, 3840, 5120])
+def test_a_clip_is_scored_in_the_nearest_whole_number_of_columns_and_at_least_one(n):
+    padded = fe.pad_to_columns(np.full(n, 0.1, np.float32))
+    columns = fe.log_mel(padded).shape[1] // fe.PATCH_FRAMES
+    assert columns == fe.scored_columns(n) == max(1, round(n / fe.COLUMN_SAMPLES + 1e-9))  # halves round up
+    assert np.all(padded[:n] == np.float32(0.1)) and not np.any(padded[n:])  # the clip, then silence

@@ -1,4 +1,9 @@
-"""file: play a wav/flac/ogg file (soundfile) into the engine, in real time or as fast as it reads.
+"""file: play an audio file (wav, flac, ogg, mp3; m4a and others via ffmpeg) into the engine.
+
+The file is read by `streamer.audio_file`, as `main.py tag` reads it: a missing, empty or
+unreadable file is refused with one line and exit code 2 (the engine counts it); NaN samples
+become 0; a file whose decoding fails part way is sent up to the failure, then the worker exits
+with code 1 and says where it stopped.
 
 The worker sends 16 kHz mono: it down-mixes and resamples with soxr (streamer.resample) before
 the wire, which cuts the traffic of a 48 kHz stereo file 6x and spares the engine the work. A file
@@ -18,16 +23,17 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
+from streamer.audio_file import AudioFile, AudioFileError, open_audio
 from streamer.capture.pusher import Pacer, SourceError, frame_samples_for, pusher_from_args
 from streamer.resample import TARGET_RATE, StreamResampler
+from streamer.wire import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
 log = logging.getLogger("streamer.capture.file")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", type=Path, help="audio file (wav, flac, ogg: whatever libsndfile reads)")
+    p.add_argument("path", type=Path, help="audio file (what libsndfile reads: wav, flac, ogg, mp3; else ffmpeg)")
     pace = p.add_mutually_exclusive_group()
     pace.add_argument(
         "--realtime",
@@ -48,30 +54,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _open(path: Path) -> sf.SoundFile:
-    if not path.is_file():
-        raise SourceError(f"file not found: {path}")
+def _open(path: Path, native: bool) -> AudioFile:
     try:
-        return sf.SoundFile(path)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise SourceError(
-            f"cannot read audio file {path}: {str(e).splitlines()[0] if str(e) else e!r}"
-        ) from None
+        f = open_audio(path)
+    except AudioFileError as e:
+        raise SourceError(str(e)) from None
+    if native and not (f.channels <= MAX_CHANNELS and MIN_SAMPLE_RATE <= f.samplerate <= MAX_SAMPLE_RATE):
+        f.close()
+        raise SourceError(f"{path}: --native sends {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz and up to {MAX_CHANNELS} "
+                          f"channels, the file has {f.samplerate} Hz x {f.channels}; leave --native out to resample")
+    return f
 
 
 def run(args: argparse.Namespace, stop: threading.Event) -> int:
-    with _open(args.path) as f:
+    with _open(args.path, args.native) as f:
         passthrough = args.native or (f.samplerate == TARGET_RATE and f.channels == 1)
         out_rate, out_channels = (f.samplerate, f.channels) if passthrough else (TARGET_RATE, 1)
         resampler = None if passthrough else StreamResampler(f.samplerate, TARGET_RATE)
-        read_dtype = "int16" if passthrough and args.format == "int16" else "float32"
+        read_dtype = "int16" if passthrough and args.format == "int16" else "float32"  # int16: integer PCM only
         block = frame_samples_for(f.samplerate, args.frame_ms)  # input samples per read: one frame's worth
         log.info(
-            "file %s: %d Hz x %d ch, %.2f s -> stream %s at %d Hz x %d ch, %s%s",
+            "file %s (%s): %d Hz x %d ch, %s s -> stream %s at %d Hz x %d ch, %s%s",
             args.path.name,
+            f.decoder,
             f.samplerate,
             f.channels,
-            f.frames / f.samplerate,
+            "?" if f.frames is None else f"{f.frames / f.samplerate:.2f}",
             args.stream,
             out_rate,
             out_channels,
@@ -84,11 +92,13 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
             pacer = Pacer(out_rate, stop)
             sent = 0  # output samples handed to the pusher
             while not stop.is_set():
-                chunk = f.read(block, dtype=read_dtype, always_2d=True)
+                chunk = f.read(block, dtype=read_dtype)
                 if len(chunk) == 0:
-                    if not args.loop or f.frames == 0:
+                    if f.position == 0:  # nothing decoded from the start: no stream at all
+                        raise SourceError(f"{args.path}: {f.error or 'no audio in it (0 samples)'}")
+                    if not args.loop or f.error is not None:
                         break
-                    f.seek(0)
+                    f.rewind()
                     continue
                 out = chunk if resampler is None else resampler(chunk)[:, None]
                 sent = _send(pusher, pacer, out, sent, args.realtime)
@@ -97,6 +107,10 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
             if resampler is not None:
                 _send(pusher, pacer, resampler.flush()[:, None], sent, args.realtime)
             pusher.finish()
+        if f.nonfinite:
+            log.warning("%s: %d NaN or infinite samples sent as 0", args.path, f.nonfinite)
+        if f.error is not None:
+            raise SourceError(f"{args.path}: {f.error}; the audio before it was sent", exit_code=1)
     return 0
 
 
