@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.input_sweep import INPUTS, make_inputs, noise, written
+from tests.input_sweep import HAVE_FFMPEG, INPUTS, make_inputs, noise, written
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -118,3 +118,15 @@ def test_in_the_streaming_path_a_clip_shorter_than_one_column_gets_its_events_an
     assert edges == [(name, kind, 0.0, offset, reason) for name in ("one_sample.wav", "short.wav", "short.wav")
                      for kind, offset, reason in (("start", None, None), ("end", 0.16, "stream_end"))]
     assert [(r["file"], r["events"]) for r in rows if r["kind"] == "file_end"] == [(str(p), 1) for p in paths]
+
+
+@pytest.mark.skipif(not HAVE_FFMPEG, reason="ffmpeg makes the m4a")
+def test_without_ffmpeg_an_m4a_is_one_line_saying_what_to_install(tmp_path):
+    clip = tmp_path / "clip.m4a"
+    next(item for item in INPUTS if item.name == "clip.m4a").make(clip)
+    out = subprocess.run([sys.executable, "main.py", "tag", str(clip), "--model", "slap-tiny", "--prompt", PROMPTS[0],
+                          "--scores"], cwd=ROOT, env={**ENV, "PATH": str(tmp_path)}, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1 and not out.stdout
+    assert out.stderr.strip().splitlines() == [f"main.py tag: {clip}: libsndfile cannot read it (Format not recognised); "
+                                               "install ffmpeg to read m4a, aac, wma, ..."]
