@@ -26,6 +26,7 @@ import csv
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -219,20 +220,12 @@ class ClipSetItem:
 
 
 def read_audio(path: Path) -> np.ndarray:
-    """(N,) float32 mono 16 kHz; mp3 through ffmpeg when libsndfile cannot read it."""
-    import soundfile as sf
-
+    """(N,) float32 mono 16 kHz, through the engine's one file reader (libsndfile, else ffmpeg)."""
+    from streamer.audio_file import read_audio as read_file
     from streamer.resample import to_mono_16k
 
-    try:
-        x, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception:  # noqa: BLE001  (libsndfile builds differ in what they decode)
-        import subprocess
-
-        raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1", "-ar",
-                              str(SAMPLE_RATE), "-"], capture_output=True, check=True).stdout
-        return np.frombuffer(raw, np.float32).copy()
-    return to_mono_16k(x, rate)
+    a = read_file(path)
+    return to_mono_16k(a.samples, a.rate)
 
 
 def middle(x: np.ndarray, seconds: float = MAX_SECONDS) -> np.ndarray:
@@ -252,9 +245,15 @@ def build(root: str | Path, out: str | Path) -> list[ClipSetItem]:
     if not recs:
         raise FileNotFoundError(f"{root}: none of the clip-set repositories found "
                                 f"({', '.join(n for _, n, _ in SOURCES)})")
+    from streamer.audio_file import AudioFileError
+
     items = []
     for r in held_out(recs):
-        x = middle(read_audio(r.path))
+        try:
+            x = middle(read_audio(r.path))
+        except AudioFileError as e:
+            print(f"main.py data clipset: skipped {e}", file=sys.stderr)
+            continue
         if len(x) < MIN_SECONDS * SAMPLE_RATE or not np.isfinite(x).all() or np.abs(x).max() == 0:
             continue
         clip_id = f"{r.source}/{r.path.stem}"

@@ -56,14 +56,13 @@ class Clip:
 
     def audio(self) -> np.ndarray:
         """(N,) float32 mono at 16 kHz."""
-        import soundfile as sf
-
+        from streamer.audio_file import read_audio
         from streamer.resample import to_mono_16k
 
         parts = []
         for f in self.files:
-            x, rate = sf.read(str(f), dtype="float32", always_2d=True)
-            parts.append(to_mono_16k(x, rate))
+            a = read_audio(f)
+            parts.append(to_mono_16k(a.samples, a.rate))
         return np.concatenate(parts).astype(np.float32)
 
 

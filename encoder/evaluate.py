@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from encoder.frontend import PATCH_FRAMES, SECONDS_PER_COLUMN, log_mel
+from encoder.frontend import PATCH_FRAMES, SECONDS_PER_COLUMN, log_mel, pad_to_columns
 
 PARAPHRASE_TEMPLATE = "the sound of {}"
 
@@ -145,7 +145,7 @@ def encode_clips(backend, audio: list[np.ndarray]) -> list[tuple[np.ndarray, np.
     """Each clip once through the encoder: (unit global (E,), unit valid columns (C, E))."""
     out = []
     for x in audio:
-        mel = log_mel(x)[None]
+        mel = log_mel(pad_to_columns(x))[None]
         cols, valid, glob = backend.encode(mel, np.array([mel.shape[-1]], np.int64))
         c = cols[0][valid[0]]
         out.append((glob[0] / np.linalg.norm(glob[0]), c / np.linalg.norm(c, axis=1, keepdims=True)))

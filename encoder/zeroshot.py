@@ -34,14 +34,15 @@ class ZeroShotResult:
 
 
 def our_scores(backend, audio: list[np.ndarray], prompts: list[str]) -> np.ndarray:
-    """(N, P) cosine of each clip's global embedding with each prompt."""
-    from encoder.frontend import log_mel
+    """(N, P) cosine of each clip's global embedding with each prompt. A clip shorter than one
+    160 ms column is padded with silence to one, as the engine scores a stream's last sound."""
+    from encoder.frontend import log_mel, pad_to_columns
 
     text = backend.embed_text(prompts)
     text /= np.linalg.norm(text, axis=1, keepdims=True)
     out = np.zeros((len(audio), len(prompts)), np.float32)
     for i, x in enumerate(audio):
-        mel = log_mel(x)[None]
+        mel = log_mel(pad_to_columns(x))[None]
         glob = backend.encode(mel, np.array([mel.shape[-1]], np.int64))[2][0]
         out[i] = text @ (glob / np.linalg.norm(glob))
     return out
