@@ -211,6 +211,9 @@ def run_main(argv: list[str]) -> int:
     p.add_argument("--list-devices", action="store_true", help="list audio input devices and exit")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--exit-when-done", action="store_true", help="stop once every (non-looping) file worker finished")
+    p.add_argument("--web", action="store_true", help="also serve the web view on 127.0.0.1 (main.py web); "
+                   "turns on scores_topic and watches the config for prompt edits")
+    p.add_argument("--web-port", type=int, default=8765)
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     _setup_logging(args.log_level)
@@ -227,6 +230,16 @@ def run_main(argv: list[str]) -> int:
     if not cfg.sources:
         print(f"main.py: {path}: no sources; give --source mic|file:PATH|synth|net:URL", file=sys.stderr)
         return 2
+
+    def with_flags(new: EngineConfig) -> EngineConfig:
+        """What the command line overrides stays overridden across reloads of the file."""
+        if args.source:
+            new = new.model_copy(update={"sources": cfg.sources})
+        if args.web:  # the web view's live plot needs the scores
+            new = new.model_copy(update={"outputs": new.outputs.model_copy(update={"scores_topic": True})})
+        return new
+
+    cfg = with_flags(cfg)
     from streamer.engine import Engine
 
     backend = _open_backend(cfg, "main.py")
@@ -255,7 +268,7 @@ def run_main(argv: list[str]) -> int:
             metrics = None
         except OSError as e:
             log.warning("metrics endpoint not started: %s", e)
-    watcher = ConfigWatcher(path) if not args.source and args.config else None
+    watcher = ConfigWatcher(path) if (not args.source and args.config) or args.web else None
     if watcher is not None:
         watcher.prime()
     def count_failure(name: str, reason: str) -> None:
@@ -269,6 +282,8 @@ def run_main(argv: list[str]) -> int:
     deadline = time.monotonic() + args.duration if args.duration else None
     supervisor.start_all()
     log.info("engine: %s, %d prompts, events on %s", engine.model_id, len(cfg.prompts), engine.publisher.endpoint)
+    web = subprocess.Popen([sys.executable, "-m", "streamer.web", "--config", str(path), "--port", str(args.web_port)],
+                           stdin=subprocess.DEVNULL) if args.web else None
 
     def idle() -> None:
         supervisor.check()
@@ -279,7 +294,7 @@ def run_main(argv: list[str]) -> int:
                 log.error("config reload refused, keeping the running config: %s", str(new).splitlines()[0])
             elif new is not None:
                 try:
-                    engine.apply_config(new)
+                    engine.apply_config(with_flags(new))
                 except Exception as e:  # a reload must never stop the engine
                     engine.counters.config_reload_failures += 1
                     log.error("config reload failed, keeping the running config: %s", e)
@@ -301,6 +316,12 @@ def run_main(argv: list[str]) -> int:
         engine.close()
         if metrics is not None:
             metrics.close()
+        if web is not None:
+            web.terminate()
+            try:
+                web.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                web.kill()
     return 1 if supervisor.gave_up else 0  # a file that could not be played is a failed run
 
 

@@ -1,0 +1,1 @@
+"""The web view of a running engine (streamer.web.server): live scores, events, prompts, search."""
