@@ -1,13 +1,23 @@
 """Build the training corpus: source library -> source-held-out splits -> mixed clips -> shards.
 
     python -m encoder.data.build [--out DIR] [--hours H] [--seed S] [--tiny]
+                                 [--repos REPOS [--esc50 ESC50_DIR]] [--packs [DEB ...]] [--no-synth]
+
+--repos adds the real recordings of the GitHub sources checked out under REPOS (encoder/data/
+repos.py), minus the clip set's held-out recordings; --esc50 (a checkout of
+saraalemadi/DroneAudioDataset, or ESC-50) is read only to drop training files that share a
+Freesound id with ESC-50. Every real-recording item becomes one clean clip of its own (no mixing,
+no bed; `kind` "clean"), then mixtures fill the corpus up to --hours (`kind` "mix").
 
 Layout of the output folder:
     shard-00000.npy ...   int16 16 kHz mono audio of consecutive clips (np.load(mmap_mode="r"))
     manifest.jsonl        one clip a line: id, shard, offset, n_samples, duration_s, captions,
-                          labels, events [{label, onset_s, offset_s}], source_ids, split, background
+                          labels, events [{label, onset_s, offset_s}], source_ids, split, background,
+                          kind ("mix" | "clean"), origin (the file of a clean clip); an unlabelled
+                          recording's clean clip has no labels, events or captions
     classes.json          class -> names (caption phrases), prompts, group, source counts per split
-    build_info.json       config, counts, hours, sources with licences, build time
+    build_info.json       config, counts, hours, sources with licences (repo_sources: per GitHub
+                          source its repository, licences, recordings and what was dropped), build time
 
 Source libraries are cached under cache/sources/library by a hash of their recipe, and the
 downloaded .debs under cache/sources/debs, so a rebuild only redoes what changed. The corpus is
@@ -33,10 +43,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import packs, render
+from . import packs, render, repos
 from .captions import make_captions
 from .labels import CLASSES
-from .mix import Mixer
+from .mix import MixedClip, Mixer, clean_clip
 from .sources import SAMPLE_RATE, Library, assign_splits, stable_hash
 from .teacher import build_teacher_scores
 
@@ -59,9 +69,14 @@ class BuildConfig:
     captions_per_clip: int = 4
     shard_mb: int = 64  # int16 audio per shard file
     workers: int = 2
+    repos: Path | None = None  # checkouts of the GitHub sources (encoder/data/repos.py)
+    esc50: Path | None = None  # an ESC-50 copy, read only for its Freesound ids (dedup)
+    synth: bool = True  # fluidsynth + TTS renders; False: real recordings only
 
     def __post_init__(self) -> None:
         self.out, self.cache = Path(self.out), Path(self.cache)
+        self.repos = Path(self.repos) if self.repos is not None else None
+        self.esc50 = Path(self.esc50) if self.esc50 is not None else None
         if self.tiny:
             self.packs = ()
         if not 0.0 <= self.dev_fraction < 1.0:
@@ -83,11 +98,17 @@ class BuildConfig:
             raise ValueError(f"unknown sample packs: {sorted(unknown)}; known: {sorted(known)}")
         return [known[d] for d in self.packs]
 
-    def corpus_key(self) -> str:
-        d = {k: v for k, v in asdict(self).items() if k not in ("out", "cache", "workers")}
+    def corpus_key(self, repos_key: str = "") -> str:
+        """repos_key: repos.Scan.key (what the GitHub sources contribute), "" without --repos. Paths
+        are not part of the key (what is read from them is), and the defaults of the options
+        added for the GitHub sources leave the key of a corpus without them as it was."""
+        d = {k: v for k, v in asdict(self).items() if k not in ("out", "cache", "workers", "repos", "esc50")}
+        if d["synth"]:
+            del d["synth"]
         # The labelling tables are part of the recipe: editing them must invalidate the corpus.
-        return stable_hash(BUILD_VERSION, json.dumps(d, sort_keys=True, default=str),
-                           packs.LIBRARY_VERSION, packs.LABEL_RULES, render.list_presets())
+        parts = [BUILD_VERSION, json.dumps(d, sort_keys=True, default=str),
+                 packs.LIBRARY_VERSION, packs.LABEL_RULES, render.list_presets()]
+        return stable_hash(*parts, repos_key) if repos_key else stable_hash(*parts)
 
 
 def _cached(stem: Path, make: Callable[[], Library]) -> Library:
@@ -98,22 +119,23 @@ def _cached(stem: Path, make: Callable[[], Library]) -> Library:
     return lib
 
 
-def collect_sources(cfg: BuildConfig) -> tuple[Library, dict]:
+def collect_sources(cfg: BuildConfig, scan: repos.Scan | None = None) -> tuple[Library, dict]:
     """The merged source library of all backends, and per-backend stats for build_info."""
     libdir = cfg.cache / "library"
     stats: dict = {}
-    recipes = [render.make_recipe(p, v, cfg.seed) for p in render.list_presets()
-               for v in range(cfg.variants)]
-    with tqdm(total=len(recipes), desc="fluidsynth", unit="render", leave=False) as bar:
-        fluid = _cached(libdir / f"fluidsynth-{stable_hash(*(r for r in recipes))}",
-                        lambda: render.render_fluidsynth(recipes, cfg.workers, bar.update))
-    speech = render.speech_recipes(cfg.speech_per_voice, cfg.seed, tiny=cfg.tiny)
-    with tqdm(total=len(speech), desc="speech", unit="utt", leave=False) as bar:
-        tts = _cached(libdir / f"speech-{stable_hash(*(r for r in speech))}",
-                      lambda: render.render_speech(speech, cfg.workers, bar.update))
     merged = Library()
-    for lib in (fluid, tts):
-        merged.extend(lib)
+    if cfg.synth:
+        recipes = [render.make_recipe(p, v, cfg.seed) for p in render.list_presets()
+                   for v in range(cfg.variants)]
+        with tqdm(total=len(recipes), desc="fluidsynth", unit="render", leave=False) as bar:
+            fluid = _cached(libdir / f"fluidsynth-{stable_hash(*(r for r in recipes))}",
+                            lambda: render.render_fluidsynth(recipes, cfg.workers, bar.update))
+        speech = render.speech_recipes(cfg.speech_per_voice, cfg.seed, tiny=cfg.tiny)
+        with tqdm(total=len(speech), desc="speech", unit="utt", leave=False) as bar:
+            tts = _cached(libdir / f"speech-{stable_hash(*(r for r in speech))}",
+                          lambda: render.render_speech(speech, cfg.workers, bar.update))
+        for lib in (fluid, tts):
+            merged.extend(lib)
 
     specs = cfg.pack_specs()
     if specs:
@@ -140,6 +162,21 @@ def collect_sources(cfg: BuildConfig) -> tuple[Library, dict]:
             for lib in pool.map(one, specs):
                 merged.extend(lib)
                 bar.update(1)
+    for source in scan.sources if scan is not None else ():
+        stem = libdir / f"repo-{source.spec.source}-{source.key}"
+        stats_path = stem.with_suffix(".stats.json")
+
+        def make(source: repos.SourceScan = source, stats_path: Path = stats_path) -> Library:
+            with tqdm(total=len(source.files), desc=source.spec.source, unit="file", leave=False) as bar:
+                lib, st = repos.build_library(source, bar.update)
+            stats_path.parent.mkdir(parents=True, exist_ok=True)
+            stats_path.write_text(json.dumps(st))
+            return lib
+
+        lib = _cached(stem, make)
+        st = json.loads(stats_path.read_text()) if stats_path.exists() else source.stats()
+        stats[f"repo:{source.spec.source}"] = repos.library_stats(lib, st)
+        merged.extend(lib)
     return merged, stats
 
 
@@ -171,9 +208,9 @@ class ShardWriter:
 
 def _class_table(lib: Library, split_of: dict[str, str]) -> dict:
     table = {}
-    for label in sorted({it.label for it in lib.items}):
+    for label in sorted({lab for it in lib.items for lab in it.labels}):
         c = CLASSES[label]
-        sids = {it.source_id for it in lib.items if it.label == label}
+        sids = {it.source_id for it in lib.items if label in it.labels}
         table[label] = {
             "names": list(c.phrases()),
             "prompts": [f"the sound of {n}" for n in c.names],
@@ -181,7 +218,7 @@ def _class_table(lib: Library, split_of: dict[str, str]) -> dict:
             "countable": c.countable,
             "ambience": c.ambience,
             "sources": {s: sum(split_of[x] == s for x in sids) for s in ("train", "dev")},
-            "items": sum(it.label == label for it in lib.items),
+            "items": sum(label in it.labels for it in lib.items),
         }
     return table
 
@@ -190,27 +227,69 @@ def _source_summary(lib: Library, split_of: dict[str, str]) -> dict:
     out: dict = {}
     for it in lib.items:
         b = out.setdefault(it.backend, {"licence": it.licence, "items": 0, "seconds": 0.0,
-                                        "source_ids": set(), "labels": set()})
+                                        "source_ids": set(), "labels": set(), "licences": set()})
         b["items"] += 1
         b["seconds"] += it.n_samples / SAMPLE_RATE
         b["source_ids"].add(it.source_id)
-        b["labels"].add(it.label)
+        b["labels"].update(it.labels)
+        b["licences"].add(it.licence)
     for b in out.values():
         b["dev_source_ids"] = sum(split_of[s] == "dev" for s in b["source_ids"])
         b["source_ids"] = len(b["source_ids"])
         b["labels"] = sorted(b["labels"])
+        b["licences"] = sorted(b["licences"])
         b["seconds"] = round(b["seconds"], 1)
     return out
 
 
+def _record(clip_id: str, split: str, clip: MixedClip, rng: random.Random, writer: ShardWriter,
+            n_captions: int, kind: str, origin: str | None = None) -> dict:
+    """Store the clip's audio and return its manifest line."""
+    audio16 = np.round(np.clip(clip.audio, -1, 1) * 32767).astype(np.int16)
+    shard, offset = writer.add(audio16)
+    record = {
+        "id": clip_id,
+        "shard": shard,
+        "offset": offset,
+        "n_samples": len(audio16),
+        "duration_s": round(len(audio16) / SAMPLE_RATE, 3),
+        # an unlabelled recording has nothing to caption: its targets come from the teacher
+        "captions": make_captions(rng, clip.events, clip.background, n_captions) if clip.all_events else [],
+        "labels": clip.labels,
+        "events": clip.all_events,
+        "source_ids": clip.source_ids,
+        "split": split,
+        "background": {k: v for k, v in clip.background.items()},
+        "kind": kind,
+    }
+    if origin is not None:
+        record["origin"] = origin
+    return record
+
+
+def scan_repos(cfg: BuildConfig) -> repos.Scan | None:
+    """What the GitHub sources under cfg.repos contribute (None without --repos)."""
+    if cfg.repos is None:
+        return None
+    if cfg.esc50 is None:
+        print("warning: --esc50 not given: training files that share a Freesound id with ESC-50 cannot be "
+              "dropped (pass --esc50 REPOS/saraalemadi+DroneAudioDataset)", file=sys.stderr)
+        return repos.scan(cfg.repos, None)
+    from encoder import esc50
+
+    return repos.scan(cfg.repos, esc50.freesound_ids(cfg.esc50))
+
+
 def build_corpus(cfg: BuildConfig) -> Path:
     """Build (or reuse) the corpus described by cfg; returns its folder."""
+    t0 = time.time()
+    scan = scan_repos(cfg)
+    key = cfg.corpus_key(scan.key if scan is not None else "")
     info_path = cfg.out / "build_info.json"
-    if info_path.exists() and json.loads(info_path.read_text()).get("key") == cfg.corpus_key():
+    if info_path.exists() and json.loads(info_path.read_text()).get("key") == key:
         print(f"corpus up to date: {cfg.out}", file=sys.stderr)
         return cfg.out
-    t0 = time.time()
-    lib, pack_stats = collect_sources(cfg)
+    lib, pack_stats = collect_sources(cfg, scan)
     split_of = assign_splits(lib.items, cfg.dev_fraction, cfg.seed)
     mixer = Mixer(lib, split_of)
     has_dev = bool(mixer.labels("dev"))
@@ -220,53 +299,57 @@ def build_corpus(cfg: BuildConfig) -> Path:
     tmp.mkdir(parents=True)
     writer = ShardWriter(tmp, cfg.shard_mb * 2**20 // 2)
     target_s = cfg.hours * 3600
-    total_s, counts, seconds = 0.0, Counter(), Counter()
+    total_s, counts, seconds, kinds = 0.0, Counter(), Counter(), Counter()
     label_counts: Counter = Counter()
+    real = [it for it in lib.items if it.backend.startswith("repo:")]
     with open(tmp / "manifest.jsonl", "w") as manifest, \
-            tqdm(total=round(target_s), desc="mixing clips", unit="s") as bar:
+            tqdm(total=round(target_s), desc="clean clips, then mixing", unit="s") as bar:
+
+        def emit(record: dict) -> None:
+            nonlocal total_s
+            manifest.write(json.dumps(record) + "\n")
+            counts[record["split"]] += 1
+            seconds[record["split"]] += record["n_samples"] / SAMPLE_RATE
+            kinds[record["kind"]] += 1
+            label_counts.update(record["labels"])
+            total_s += record["n_samples"] / SAMPLE_RATE
+            bar.update(max(0, min(round(target_s), round(total_s)) - bar.n))
+
+        for j, item in enumerate(real):
+            rng = random.Random(stable_hash(cfg.seed, "clean", item.item_id))
+            split = split_of[item.source_id]
+            emit(_record(f"{split}-clean-{j:06d}", split, clean_clip(rng, lib, item), rng, writer,
+                         cfg.captions_per_clip, "clean", item.meta.get("path")))
+        if real and total_s >= target_s:
+            print(f"warning: the {len(real)} clean real-recording clips alone are {total_s / 3600:.2f} h, "
+                  f"more than --hours {cfg.hours}: no mixtures written", file=sys.stderr)
         i = 0
-        while total_s < target_s:
+        while total_s < target_s and mixer.labels("train"):
             rng = random.Random(stable_hash(cfg.seed, "clip", i))
             split = "dev" if has_dev and rng.random() < cfg.dev_fraction else "train"
-            clip = mixer.make_clip(rng, split)
-            audio16 = np.round(np.clip(clip.audio, -1, 1) * 32767).astype(np.int16)
-            shard, offset = writer.add(audio16)
-            dur = len(audio16) / SAMPLE_RATE
-            record = {
-                "id": f"{split}-{i:07d}",
-                "shard": shard,
-                "offset": offset,
-                "n_samples": len(audio16),
-                "duration_s": round(dur, 3),
-                "captions": make_captions(rng, clip.events, clip.background, cfg.captions_per_clip),
-                "labels": clip.labels,
-                "events": clip.all_events,
-                "source_ids": clip.source_ids,
-                "split": split,
-                "background": {k: v for k, v in clip.background.items()},
-            }
-            manifest.write(json.dumps(record) + "\n")
-            counts[split] += 1
-            seconds[split] += dur
-            label_counts.update(clip.labels)
-            total_s += dur
-            bar.update(round(total_s) - bar.n)
+            emit(_record(f"{split}-{i:07d}", split, mixer.make_clip(rng, split), rng, writer,
+                         cfg.captions_per_clip, "mix"))
             i += 1
     writer.flush()
+    if not counts:
+        raise ValueError("no source sounds to make clips from (no --repos sources, --no-synth and no --packs)")
 
     (tmp / "classes.json").write_text(json.dumps(_class_table(lib, split_of), indent=1))
     info = {
-        "key": cfg.corpus_key(),
+        "key": key,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
         "sample_rate": SAMPLE_RATE,
         "clips": dict(counts),
         "hours": {k: round(v / 3600, 4) for k, v in seconds.items()},
-        "n_classes": len({it.label for it in lib.items}),
+        "n_classes": len({lab for it in lib.items for lab in it.labels}),
+        "clips_by_kind": dict(kinds),
         "clips_per_label": dict(sorted(label_counts.items())),
         "source_items": len(lib.items),
         "source_ids": {s: sum(v == s for v in split_of.values()) for s in ("train", "dev")},
         "sources": _source_summary(lib, split_of),
-        "pack_stats": pack_stats,
+        "pack_stats": {k: v for k, v in pack_stats.items() if not k.startswith("repo:")},
+        "repo_sources": {k.removeprefix("repo:"): v for k, v in pack_stats.items() if k.startswith("repo:")},
+        "esc50_dedup": cfg.esc50 is not None,
         "build_seconds": round(time.time() - t0, 1),
     }
     (tmp / "build_info.json").write_text(json.dumps(info, indent=1))
@@ -286,8 +369,14 @@ def parse_args(argv: list[str] | None) -> BuildConfig:
     p.add_argument("--packs", nargs="*", default=None, help="Debian sample packs (default: all)")
     p.add_argument("--variants", type=int, default=None, help="fluidsynth renders per preset")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--repos", type=Path, default=None,
+                   help="folder of GitHub source checkouts (REPOS/<name>, <owner>+<name> or <owner>/<name>)")
+    p.add_argument("--esc50", type=Path, default=None,
+                   help="ESC-50 copy (e.g. REPOS/saraalemadi+DroneAudioDataset), read only to drop Freesound duplicates")
+    p.add_argument("--no-synth", dest="synth", action="store_false", help="no fluidsynth / TTS renders")
     a = p.parse_args(argv)
-    kw = {"out": a.out, "cache": a.cache, "seed": a.seed, "workers": a.workers}
+    kw = {"out": a.out, "cache": a.cache, "seed": a.seed, "workers": a.workers, "repos": a.repos,
+          "esc50": a.esc50, "synth": a.synth}
     if a.hours is not None:
         kw["hours"] = a.hours
     if a.variants is not None:
@@ -302,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_args(argv)
         out = build_corpus(cfg)
         build_teacher_scores(out, cfg.cache)
-    except (render.ToolMissing, RuntimeError, ValueError) as e:
+    except (render.ToolMissing, RuntimeError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     info = json.loads((out / "build_info.json").read_text())
@@ -342,7 +431,8 @@ def cli(argv: list[str]) -> int:
     if argv and argv[0] == "clipset":
         return clipset_main(argv[1:])
     if not argv or argv[0] != "build":
-        print("usage: python main.py data build [--out DIR] [--hours H] [--tiny] ... | data teacher [--corpus DIR]"
+        print("usage: python main.py data build [--out DIR] [--hours H] [--tiny] [--repos DIR [--esc50 DIR]] ..."
+              " | data teacher [--corpus DIR]"
               " | data clipset --from REPOS [--out DIR]", file=sys.stderr)
         return 2
     return main(argv[1:])

@@ -39,6 +39,7 @@ class Clip:
     events: tuple[Event, ...]  # includes an ambience bed as an event spanning the clip
     source_ids: tuple[str, ...]
     background: dict  # {"kind": "none" | "noise" | "ambience", "label"?, "color"?, "snr_db"?}
+    kind: str = "mix"  # "mix" | "clean" (one real recording alone; unlabelled ones have no captions)
 
     @property
     def duration_s(self) -> float:
@@ -49,7 +50,8 @@ class Clip:
         return cls(id=r["id"], split=r["split"], shard=r["shard"], offset=int(r["offset"]),
                    n_samples=int(r["n_samples"]), captions=tuple(r["captions"]),
                    labels=tuple(r["labels"]), events=tuple(Event(**e) for e in r["events"]),
-                   source_ids=tuple(r["source_ids"]), background=dict(r.get("background", {})))
+                   source_ids=tuple(r["source_ids"]), background=dict(r.get("background", {})),
+                   kind=r.get("kind", "mix"))
 
 
 class Corpus:

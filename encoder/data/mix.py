@@ -5,6 +5,10 @@ Library items are already trimmed to their energy extent, so a placed item's eve
 Levels: each foreground source gets an RMS (over its active part) between -12 and 0 dB of a
 reference; the background sits `snr_db` (5-25 dB) below the loudest foreground. The sum is
 peak-normalised to a random peak (0.1-0.95): random gain without clipping.
+
+`clean_clip` is the other kind: one real recording alone, no bed (the training corpus writes one
+per real-recording item), so clean single sources are common next to the mixtures. Unlabelled
+recordings only ever become clean clips: mixing them would add sounds no label names.
 """
 
 from __future__ import annotations
@@ -87,7 +91,8 @@ class Mixer:
         self.lib = lib
         self.by_split: dict[str, dict[str, list[SourceItem]]] = defaultdict(lambda: defaultdict(list))
         for it in lib.items:
-            self.by_split[split_of[it.source_id]][it.label].append(it)
+            if it.label:
+                self.by_split[split_of[it.source_id]][it.label].append(it)
 
     def labels(self, split: str) -> list[str]:
         return sorted(self.by_split[split])
@@ -105,8 +110,9 @@ class Mixer:
     def _tile(self, rng: random.Random, items: list[SourceItem], n: int) -> tuple[np.ndarray, list[str]]:
         """n samples of ambience: a random offset into repeated items (loops are what beds are)."""
         parts, used, total = [], [], 0
+        plain = [it for it in items if not it.extra_labels] or items  # a bed names one class
         while total < n + SAMPLE_RATE:
-            it = rng.choice(items)
+            it = rng.choice(plain)
             x = self.lib.get_float(it)
             fade = min(len(x) // 4, 800)  # 50 ms fades hide the seams
             if fade:
@@ -144,8 +150,8 @@ class Mixer:
                 if onset + len(x) > n:
                     break
                 mix[onset : onset + len(x)] += x
-                events.append({"label": label, "onset_s": _ms_floor(onset),
-                               "offset_s": _ms_ceil(onset + len(x))})
+                events += [{"label": lab, "onset_s": _ms_floor(onset), "offset_s": _ms_ceil(onset + len(x))}
+                           for lab in item.labels]
                 placed += 1
                 onset += len(x) + int(rng.uniform(0.1, 1.0) * SAMPLE_RATE)
             if placed:
@@ -154,7 +160,8 @@ class Mixer:
         if not events:  # every chosen item was too short: fall back to one whole item
             return self.make_clip(rng, split)
 
-        background = self._background(rng, split, n, set(chosen), max(levels))
+        present = set(chosen) | {e["label"] for e in events}  # and the extra classes of placed items
+        background = self._background(rng, split, n, present, max(levels))
         if "audio" in background:
             mix += background.pop("audio")
             source_ids += background.pop("source_ids", [])
@@ -183,3 +190,16 @@ class Mixer:
         bed *= target / max(_rms(bed), 1e-6)
         return {"kind": "ambience", "label": label, "snr_db": round(snr_db, 1), "audio": bed,
                 "source_ids": used}
+
+
+def clean_clip(rng: random.Random, lib: Library, item: SourceItem) -> MixedClip:
+    """One library item alone at a random peak level, padded with silence to MIN_CLIP_S at a random
+    onset; each of its classes is one event over the whole sound (none when unlabelled)."""
+    x = lib.get_float(item)[: int(MAX_CLIP_S * SAMPLE_RATE)]
+    n = max(len(x), int(MIN_CLIP_S * SAMPLE_RATE))
+    onset = rng.randint(0, n - len(x))
+    audio = np.zeros(n, dtype=np.float32)
+    audio[onset : onset + len(x)] = x * (rng.uniform(0.1, 0.95) / max(float(np.max(np.abs(x))), 1e-9))
+    events = [{"label": lab, "onset_s": _ms_floor(onset), "offset_s": _ms_ceil(onset + len(x))}
+              for lab in item.labels]
+    return MixedClip(audio, events, {"kind": "none"}, [item.source_id])

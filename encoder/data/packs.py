@@ -65,6 +65,8 @@ PACKS = (
                    r"resource|actor/singlesteps|attack)/"),
 )
 LIBRARY_VERSION = 2  # part of each pack library's cache key: bump when labelling code changes
+# Files whose package credits say non-commercial: never read (../shared/data-sources.md).
+NON_COMMERCIAL = re.compile(r"gcompris.*instruments/drum_kit\.ogg$")
 
 # (regex over the normalised path "words separated by spaces", label); the first match wins.
 # Order matters: specific phrases before the generic words they contain.
@@ -327,11 +329,14 @@ def build_pack(spec: PackSpec, debs_dir: Path, yamnet: YamNet | None, threshold:
     """Library of one package's labelled sounds, plus stats (files, by_rule, by_yamnet, dropped)."""
     deb = fetch_deb(spec.deb, debs_dir)
     lib = Library()
-    stats = {"files": 0, "by_rule": 0, "by_yamnet": 0, "dropped": 0}
+    stats = {"files": 0, "by_rule": 0, "by_yamnet": 0, "dropped": 0, "non_commercial": 0}
     keys: list[np.ndarray] = []
     for member, data in iter_deb_members(deb, spec, debs_dir.parent / "spool"):
         for path, blob in expand_container(member, data, spec.inner):
             stats["files"] += 1
+            if NON_COMMERCIAL.search(path):
+                stats["non_commercial"] += 1
+                continue
             dec = decode(blob)
             if dec is None:
                 stats["dropped"] += 1

@@ -34,6 +34,13 @@ class SourceItem:
     n_samples: int = 0
     offset: int = 0  # start in the library's audio array
     meta: dict = field(default_factory=dict)
+    # Classes that also sound over the whole item ("thunderstorm": label rain, extra thunder).
+    # label "" marks an unlabelled recording: used as a clip of its own, never mixed.
+    extra_labels: list[str] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        return [lab for lab in (self.label, *self.extra_labels) if lab]
 
 
 def to_mono_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -157,15 +164,20 @@ def assign_splits(items: list[SourceItem], dev_fraction: float, seed: int) -> di
     """source_id -> "train" | "dev", decided by a hash of (seed, source_id).
 
     A class whose sources would all land in dev keeps its first source in train, so every class
-    is trainable; a class with a single source therefore never appears in dev.
+    is trainable; a class with a single source therefore never appears in dev. Unlabelled
+    recordings always train: dev clips are scored against their labels.
     """
     split = {}
     for sid in sorted({it.source_id for it in items}):
         u = int(stable_hash(seed, sid), 16) / 16**16
         split[sid] = "dev" if u < dev_fraction else "train"
     by_label: dict[str, set[str]] = defaultdict(set)
+    labelled = {it.source_id for it in items if it.label}
     for it in items:
-        by_label[it.label].add(it.source_id)
+        if it.label:
+            by_label[it.label].add(it.source_id)
+        elif it.source_id not in labelled:
+            split[it.source_id] = "train"
     for sids in by_label.values():
         if all(split[s] == "dev" for s in sids):
             split[min(sids)] = "train"
