@@ -87,7 +87,7 @@ class Site:
         self.web = subprocess.Popen([sys.executable, "main.py", "web", "--config", str(self.config_path),
                                      "--port", str(self.port)], cwd=ROOT, env=ENV, stderr=subprocess.DEVNULL)
         self.engine = self.start_engine()
-        self.started = time.monotonic()
+        self.store_has_speech = False
 
     def start_engine(self) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "main.py", "--config", str(self.config_path)], cwd=ROOT, env=ENV,
@@ -119,6 +119,14 @@ class Site:
             time.sleep(0.3)
         raise AssertionError(f"timed out after {timeout} s waiting for {what} (engine log: "
                              f"{(self.tmp / 'engine.log').read_text()[-1500:]})")
+
+    def wait_for_speech(self) -> None:
+        """Until the first pass of the speech (18-22 s) and the windows after it are in the store."""
+        if self.store_has_speech:
+            return
+        self.wait("the first pass of the speech", lambda: self.stream()["last_column"] * 0.16 > SPEECH_AT + 8, 60)
+        time.sleep(1.5)  # the store commits every second
+        self.store_has_speech = True
 
     def clip_ok(self, url: str) -> bool:
         with urllib.request.urlopen(self.url + url, timeout=10) as r:
@@ -206,9 +214,7 @@ def test_a_prompt_edit_reaches_the_engine_and_keeps_the_rest_of_the_file(site):
 
 
 def test_search_finds_the_planted_speech_and_its_audio_plays(site):
-    # the first pass of the speech (18-22 s) and the windows after it must be in the store
-    site.wait("the first pass of the speech", lambda: site.stream()["last_column"] * 0.16 > SPEECH_AT + 8, 60)
-    time.sleep(1.5)  # the store commits every second
+    site.wait_for_speech()
     result = site.get("/api/search?" + urllib.parse.urlencode({"q": "a person speaking", "top": 3}), timeout=60)
     (yard,) = result["results"]
     best = yard["ranges"][0]
@@ -222,16 +228,6 @@ def test_search_finds_the_planted_speech_and_its_audio_plays(site):
     with pytest.raises(urllib.error.HTTPError) as refused:
         site.get("/api/search?q=")
     assert refused.value.code == 400
-
-
-def test_the_view_survives_an_engine_restart(site):
-    site.wait("live scores", lambda: site.stream()["status"] == "live", 30)
-    site.engine.kill()  # a crash: no goodbye on any topic
-    site.engine.wait(10)
-    site.wait("the stream going stale", lambda: site.stream()["status"] == "stale", 15)
-    site.engine = site.start_engine()
-    stream = site.wait("the stream live again", lambda: (s := site.stream())["status"] == "live" and s, 40)
-    assert stream["last_column"] < 200  # a new run: its clock started again, the view followed
 
 
 def test_a_non_loopback_bind_needs_a_token_and_refuses_requests_without_it(site, tmp_path):
@@ -295,3 +291,97 @@ def test_main_with_web_serves_the_view_beside_its_engine_and_stops_it(tmp_path):
 
 
 BROWSER = shutil.which("chromium") and shutil.which("chromedriver")
+CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1100,760")  # the network is closed: without these, chromium stalls
+
+
+@pytest.mark.skipif(not BROWSER, reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
+                    "chromium-driver); CI installs them")
+def test_the_four_pages_in_a_headless_browser(site, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for flag in (*CHROME_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    shots = Path(os.environ.get("SLAP_WEB_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    wait = WebDriverWait(driver, 40, poll_frequency=0.2)
+
+    def one(css: str):
+        return wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, css))[0]
+
+    try:
+        # streams: the live plot moves
+        driver.get(site.url + "/streams")
+        card = one('.card[data-stream="yard"][data-status="live"]')
+        canvas = card.find_element(By.TAG_NAME, "canvas")
+        wait.until(lambda d: int(canvas.get_attribute("data-last-column")) > 0)
+        before = (int(canvas.get_attribute("data-last-column")), driver.execute_script("return arguments[0].toDataURL()", canvas))
+        time.sleep(2.0)
+        after = (int(canvas.get_attribute("data-last-column")), driver.execute_script("return arguments[0].toDataURL()", canvas))
+        assert after[0] > before[0] and after[1] != before[1]  # new columns, new pixels
+        driver.save_screenshot(str(shots / "streams.png"))
+
+        # events: an alarm event whose clip the browser can play
+        driver.get(site.url + "/events")
+        audio = one('tr[data-label="alarm"] audio')
+        duration = driver.execute_async_script("""
+            const a = arguments[0], done = arguments[arguments.length - 1];
+            if (a.readyState >= 1) return done(a.duration);
+            a.addEventListener("loadedmetadata", () => done(a.duration));
+            a.addEventListener("error", () => done(-1));
+            a.load();""", audio)
+        assert duration > 1.0  # pre-roll + event + post-roll, decoded by the browser
+        driver.save_screenshot(str(shots / "events.png"))
+
+        # prompts: an invalid edit shows the one-line error and writes nothing; a valid one reaches the engine
+        driver.get(site.url + "/prompts")
+        one("#rows tr")
+        before_text = site.config_path.read_text()
+        driver.find_element(By.ID, "add").click()
+        row = driver.find_elements(By.CSS_SELECTOR, "#rows tr")[-1]
+        row.find_element(By.CSS_SELECTOR, ".label").send_keys("siren")
+        row.find_element(By.CSS_SELECTOR, ".text").send_keys("a siren wailing | an ambulance siren")
+        row.find_element(By.CSS_SELECTOR, ".on").send_keys("1.5")
+        driver.find_element(By.ID, "save").click()
+        error = wait.until(lambda d: d.find_element(By.ID, "error").text)
+        assert "on_threshold: expected <= 1 (got 1.5)" in error and "running config is kept" in error
+        assert site.config_path.read_text() == before_text
+        driver.save_screenshot(str(shots / "prompts.png"))
+        row.find_element(By.CSS_SELECTOR, ".on").clear()
+        driver.find_element(By.ID, "save").click()
+        wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("saved"))
+        driver.get(site.url + "/streams")
+        one('.card[data-stream="yard"]')
+        wait.until(lambda d: "siren" in (d.find_element(By.CSS_SELECTOR, '.card[data-stream="yard"]')
+                                         .get_attribute("data-labels") or "").split(","))
+
+        # search: the planted speech's time range, playable
+        site.wait_for_speech()
+        driver.get(site.url + "/search")
+        box = one('input[name="q"]')
+        box.send_keys("a person speaking")
+        driver.find_element(By.CSS_SELECTOR, "#search button").click()
+        first = one('.card[data-stream="yard"] li[data-start]')
+        start, end = float(first.get_attribute("data-start")), float(first.get_attribute("data-end"))
+        assert overlaps_speech(site, start, end), (start, end, site.speech)
+        assert first.find_elements(By.TAG_NAME, "audio")
+        driver.save_screenshot(str(shots / "search.png"))
+    finally:
+        driver.quit()
+
+
+def test_the_view_survives_an_engine_restart(site):
+    site.wait("live scores", lambda: site.stream()["status"] == "live", 30)
+    site.engine.kill()  # a crash: no goodbye on any topic
+    site.engine.wait(10)
+    site.wait("the stream going stale", lambda: site.stream()["status"] == "stale", 15)
+    site.engine = site.start_engine()
+    stream = site.wait("the stream live again", lambda: (s := site.stream())["status"] == "live" and s, 40)
+    assert stream["last_column"] < 200  # a new run: its clock started again, the view followed

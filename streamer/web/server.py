@@ -220,7 +220,9 @@ def build_app(settings: Settings) -> Starlette:
         out = []
         for row in reversed(rows[-limit:]):  # newest first
             d = asdict(row)
-            d["clip_url"] = f"/api/clip/{row.id}" if row.clip else None
+            # a clip is written once its post-roll was heard; one of an engine that died never is
+            d["clip_url"] = f"/api/clip/{row.id}" if row.clip and Path(row.clip).is_file() else None
+            d["clip_pending"] = bool(row.clip) and d["clip_url"] is None and row.reason != "engine_restart"
             out.append(d)
         return JSONResponse({"events": out})
 
