@@ -52,6 +52,9 @@ class LossWeights:
     # ours: the frame loss applied to the clip embedding with clip-level labels, so zero-shot
     # tagging with short prompts (not only caption retrieval) is trained on the global path; 0 = off
     clip: float = 0.0
+    # ours: the online teachers' prompt-mapped scores (encoder.online_teacher) as soft targets for
+    # the calibrated cosine of the global embedding and of every column; 0 = off
+    text_distill: float = 0.0
 
 
 @dataclass
@@ -138,6 +141,13 @@ class Batch:
     # Teacher (YAMNet) class scores for the distillation term: per clip (B, K), per column (B, C, K).
     teacher_clip: torch.Tensor | None = None
     teacher_columns: torch.Tensor | None = None
+    # Online teachers' targets on D vocabulary prompts: (B, D) per clip, (B, C, D) per column, with
+    # the prompts as ids (D, Ld) or cached frozen features (D, 384).
+    distill_clip: torch.Tensor | None = None
+    distill_columns: torch.Tensor | None = None
+    distill_prompt_ids: torch.Tensor | None = None
+    distill_prompt_mask: torch.Tensor | None = None
+    distill_prompt_feats: torch.Tensor | None = None
 
 
 class PrototypeHead(nn.Module):
@@ -232,6 +242,17 @@ class SLAP(nn.Module):
                 self.distill_logits(student.global_emb), batch.teacher_clip,
                 self.distill_logits(student.columns), batch.teacher_columns[:, : student.columns.shape[1]],
                 student.column_valid)
+
+        if w["text_distill"] and batch.distill_clip is not None:
+            if batch.distill_prompt_feats is not None:
+                vocab = self.text.proj(batch.distill_prompt_feats)
+            else:
+                vocab = self.text(batch.distill_prompt_ids, batch.distill_prompt_mask)
+            clip_logits = self.frame_loss.get_logits(student.global_emb[:, None], vocab)[:, 0]
+            col_logits = self.frame_loss.get_logits(student.columns, vocab)
+            terms["text_distill"] = self.distill_loss(
+                clip_logits, batch.distill_clip, col_logits, batch.distill_columns[:, : student.columns.shape[1]],
+                student.column_valid)["distill"]
 
         terms["loss"] = sum(w[k] * v for k, v in terms.items())
         return terms

@@ -24,7 +24,15 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from encoder.checkpoint import save_training_checkpoint, save_weights
 from encoder.data.dataset import Event
-from encoder.frontend import FRAMES_PER_SECOND, LOG_SCALE, PATCH_FRAMES, log_mel
+from encoder.frontend import (
+    COLUMN_SAMPLES,
+    FRAMES_PER_SECOND,
+    HOP_LENGTH,
+    LOG_SCALE,
+    PATCH_FRAMES,
+    log_mel,
+    pad_to_columns,
+)
 from encoder.slap import SLAP, Batch, get_config
 
 
@@ -62,6 +70,11 @@ class TrainConfig:
     # Loss-weight overrides over the model config's, e.g. "ssl=0,caption=0" (the ablations) or
     # "distill=1"; a term weighted 0 is skipped.
     weights: str = ""
+    # Online distillation (encoder.online_teacher): "" = off, or mn04 | yamnet | mn04+yamnet. The
+    # teachers label every training view as the student gets it; targets act in the text space.
+    online_teacher: str = ""
+    distill_prompts: int = 64  # vocabulary prompts per batch for the text_distill term
+    distill_positives: int = 32  # of which the ones the teachers score highest on this batch
 
 
 def parse_weights(spec: str) -> dict[str, float]:
@@ -116,8 +129,12 @@ class ClipSampler:
         self.names = [corpus.names(lab) for lab in self.labels]  # prompts: a random name per batch
         self.cfg = cfg
         self.rng = np.random.default_rng(cfg.seed * 1000 + rank)
+        self.online = bool(cfg.online_teacher)  # views cut and perturbed as waveforms, labelled in collate
 
-    def example(self, clip) -> tuple[np.ndarray, str, np.ndarray, np.ndarray | None]:
+    def example(self, clip) -> tuple:
+        """(log-mel, caption, frame labels, stored teacher columns or None, waveform view or None)."""
+        if self.online:
+            return self.wave_example(clip)
         audio = self.corpus.audio(clip)
         mel = log_mel(audio)
         rate = 1.0
@@ -134,9 +151,34 @@ class ClipSampler:
             teacher = self.teacher.column_targets(clip.id, off * rate / FRAMES_PER_SECOND, mel.shape[1] // PATCH_FRAMES,
                                                   rate * PATCH_FRAMES / FRAMES_PER_SECOND)
         events = clip.events if rate == 1.0 else [Event(e.label, e.onset_s / rate, e.offset_s / rate) for e in clip.events]
-        return mel, caption, frame_labels(events, self.label_index, mel.shape[1], off), teacher
+        return mel, caption, frame_labels(events, self.label_index, mel.shape[1], off), teacher, None
 
-    def batch(self, size: int) -> list[tuple[np.ndarray, str, np.ndarray, np.ndarray | None]]:
+    def wave_example(self, clip) -> tuple:
+        """A view cut and perturbed on the waveform (speed, gain), so the teacher can hear exactly
+        what the student sees. The crop may end anywhere in the clip: columns near a view's right
+        edge, scored without right context as the streaming engine scores them, are trained too."""
+        import soxr
+
+        audio = np.asarray(self.corpus.audio(clip), np.float32)
+        rate = 1.0
+        if self.perturb and self.cfg.stretch:
+            rate = float(np.exp(self.rng.uniform(-np.log1p(self.cfg.stretch), np.log1p(self.cfg.stretch))))
+            audio = soxr.resample(audio, 16000 * rate, 16000).astype(np.float32)  # plays `rate` times faster
+        max_n = max(int(self.cfg.max_seconds * FRAMES_PER_SECOND) // PATCH_FRAMES, 1) * COLUMN_SAMPLES
+        off = 0
+        if len(audio) > max_n:
+            off = int(self.rng.integers(0, (len(audio) - max_n) // COLUMN_SAMPLES + 1)) * COLUMN_SAMPLES
+            audio = audio[off: off + max_n]
+        audio = pad_to_columns(audio)
+        audio = audio[: len(audio) // COLUMN_SAMPLES * COLUMN_SAMPLES]  # whole columns: the teacher hears no more than the student
+        if self.perturb and self.cfg.gain_db:
+            audio = np.clip(audio * np.float32(10 ** (self.rng.uniform(-self.cfg.gain_db, self.cfg.gain_db) / 20)), -1, 1)
+        mel = log_mel(audio)
+        caption = clip.captions[int(self.rng.integers(len(clip.captions)))]
+        events = clip.events if rate == 1.0 else [Event(e.label, e.onset_s / rate, e.offset_s / rate) for e in clip.events]
+        return mel, caption, frame_labels(events, self.label_index, mel.shape[1], off // HOP_LENGTH), None, audio
+
+    def batch(self, size: int) -> list[tuple]:
         idx = self.rng.choice(len(self.clips), size=size, replace=len(self.clips) < size)
         return [self.example(self.clips[i]) for i in idx]
 
@@ -202,9 +244,33 @@ class TextFeatureCache:
         return torch.stack([self.cache[t] for t in texts])
 
 
+def online_targets(online, waves: list[np.ndarray], n_cols: list[int], C: int, tower, rng: np.random.Generator,
+                   cfg: TrainConfig, features: TextFeatureCache | None) -> dict:
+    """The teachers' prompt-mapped targets for this batch's views, on `cfg.distill_prompts` of the
+    vocabulary: the `distill_positives` the teachers score highest anywhere in the batch (what the
+    views hold) and random others (what they do not)."""
+    clip, cols = online.label(waves, n_cols)
+    V = clip.shape[1]
+    pos = np.argsort(-clip.max(0))[: min(cfg.distill_positives, V)]
+    rest = np.setdiff1d(np.arange(V), pos)
+    neg = rng.permutation(rest)[: max(cfg.distill_prompts - len(pos), 0)]
+    chosen = np.concatenate([pos, neg]).astype(int)
+    texts = [online.vocabulary[k] for k in chosen]
+    col_t = np.zeros((len(waves), C, len(chosen)), np.float32)
+    for i, c in enumerate(cols):
+        col_t[i, : len(c)] = c[:C][:, chosen]
+    out = {"distill_clip": torch.from_numpy(clip[:, chosen].astype(np.float32)), "distill_columns": torch.from_numpy(col_t)}
+    if features is not None:
+        out["distill_prompt_feats"] = features(texts)
+    else:
+        out["distill_prompt_ids"], out["distill_prompt_mask"] = tower.tokenize(texts)
+    return out
+
+
 def collate(examples, tower, sampler: ClipSampler, cfg: TrainConfig, augment: bool = True,
-            features: TextFeatureCache | None = None) -> Batch:
-    """Pad to the longest crop (a whole number of columns); pick the batch's prompts."""
+            features: TextFeatureCache | None = None, online=None) -> Batch:
+    """Pad to the longest crop (a whole number of columns); pick the batch's prompts; with an
+    online teacher (encoder.online_teacher.OnlineTeacher), label the views' waveforms."""
     lengths = [ex[0].shape[1] // PATCH_FRAMES * PATCH_FRAMES for ex in examples]
     T = max(lengths)
     mel = np.zeros((len(examples), examples[0][0].shape[0], T), np.float32)
@@ -221,7 +287,7 @@ def collate(examples, tower, sampler: ClipSampler, cfg: TrainConfig, augment: bo
     p_ids, p_mask = tower.tokenize(prompt_texts)
     C = T // PATCH_FRAMES
     labels = np.zeros((len(examples), C, len(chosen)), np.float32)
-    for i, (_, _, y, _) in enumerate(examples):
+    for i, (_, _, y, *_) in enumerate(examples):
         labels[i, : y.shape[0]] = y[:C][:, chosen]
     teacher_clip = teacher_cols = None
     if all(ex[3] is not None for ex in examples):
@@ -231,7 +297,12 @@ def collate(examples, tower, sampler: ClipSampler, cfg: TrainConfig, augment: bo
             cols[i, : len(ex[3])] = ex[3][:C]
         teacher_cols = torch.from_numpy(cols)
         teacher_clip = torch.from_numpy(np.stack([ex[3].mean(0) for ex in examples]))  # the crop's mean
+    distill = {}
+    if online is not None and all(ex[4] is not None for ex in examples):
+        distill = online_targets(online, [ex[4] for ex in examples], [n // PATCH_FRAMES for n in lengths], C, tower,
+                                 sampler.rng, cfg, features)
     return Batch(
+        **distill,
         mel=torch.from_numpy(mel), lengths=torch.tensor(lengths), text_ids=ids, text_mask=mask,
         prompt_ids=p_ids, prompt_mask=p_mask, frame_labels=torch.from_numpy(labels),
         text_feats=features([ex[1] for ex in examples]) if features else None,
@@ -343,12 +414,22 @@ def train(cfg: TrainConfig, corpus=None, on_step=None) -> dict:
         teacher = TeacherScores(corpus_dir)
     elif model_cfg.loss_weights.distill and master:
         print("no teacher scores for this corpus: the distill term is off", file=sys.stderr)
+    online = None
+    if cfg.online_teacher:
+        from encoder.online_teacher import OnlineTeacher, prompt_vocabulary
+
+        if "text_distill" not in parse_weights(cfg.weights):
+            model_cfg.loss_weights.text_distill = 1.0  # the teachers are asked for: their term is on
+        names = [n for lab in corpus.labels for n in corpus.names(lab)]
+        online = OnlineTeacher(cfg.online_teacher, prompt_vocabulary(names), threads=cfg.threads or None)
+        if master:
+            print(f"online teacher {cfg.online_teacher}: {len(online.vocabulary)} prompts", file=sys.stderr)
     sampler = ClipSampler(corpus, "train", cfg, rank, teacher)
     sampler.rng = np.random.default_rng([cfg.seed, rank, step])  # a resumed run does not replay batches
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank * 104729 + step)
     # A term that is off leaves its head without gradient; DDP must then look for unused parameters.
     weights = model_cfg.loss_weights
-    find_unused = teacher is None or not all((weights.ssl, weights.caption, weights.distill))
+    find_unused = teacher is None or not all((weights.ssl, weights.caption, weights.distill, weights.text_distill))
     net = (DDP(model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=find_unused)
            if ddp else model)
 
@@ -368,7 +449,7 @@ def train(cfg: TrainConfig, corpus=None, on_step=None) -> dict:
     while step < cfg.steps:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        batch = collate(sampler.batch(cfg.batch_size), model.text, sampler, cfg, features=features)
+        batch = collate(sampler.batch(cfg.batch_size), model.text, sampler, cfg, features=features, online=online)
         batch = Batch(**{f.name: (getattr(batch, f.name).to(device) if getattr(batch, f.name) is not None else None)
                          for f in fields(Batch)})
         terms = net(batch, generator=gen)
@@ -390,7 +471,7 @@ def train(cfg: TrainConfig, corpus=None, on_step=None) -> dict:
                 row["clips_per_s"] = round(clips_seen / (time.time() - t0), 2)
                 log.write(json.dumps(row) + "\n")
                 log.flush()
-                bar.set_postfix({k: row[k] for k in ("loss", "clap", "ssl", "caption", "frame", "clip", "distill") if k in row})
+                bar.set_postfix({k: row[k] for k in ("loss", "clap", "ssl", "caption", "frame", "clip", "distill", "text_distill") if k in row})
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 save_training_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                                      "step": step, "config": model.cfg.to_dict(), "train": asdict(cfg)})

@@ -183,3 +183,56 @@ def test_dev_crops_are_not_perturbed():
     corpus = ToneCorpus(4)
     assert ClipSampler(corpus, "train", TrainConfig(), 0).perturb
     assert not ClipSampler(corpus, "dev", TrainConfig(), 0).perturb
+
+
+# --- online distillation through the text space ---------------------------------------------
+
+needs_teachers = pytest.mark.skipif(not (ROOT.parent / "shared" / "teachers" / "efficientat_mn04_as.safetensors").is_file()
+                                    and not os.environ.get("SLAP_TEACHERS_DIR"), reason="../shared/teachers absent")
+
+
+@needs_teachers
+def test_the_teacher_labels_the_exact_view_the_student_sees():
+    from encoder.frontend import log_mel
+    from encoder.online_teacher import OnlineTeacher, prompt_vocabulary
+    from encoder.slap import SLAP, get_config
+    from encoder.train import ClipSampler, TextFeatureCache, collate
+
+    corpus = ToneCorpus(6)
+    tcfg = TrainConfig(online_teacher="mn04", max_seconds=2.0, distill_prompts=16, distill_positives=8)
+    sampler = ClipSampler(corpus, "train", tcfg, 0)
+    examples = sampler.batch(3)
+    for mel, _, _, stored, wave in examples:
+        assert stored is None and np.array_equal(mel, log_mel(wave))  # the mel is the perturbed waveform's
+        assert len(wave) <= 2.0 * 16000 and len(wave) % 2560 == 0
+    vocab = prompt_vocabulary(["low_tone", "clicks"])
+    assert "the sound of clicks" in vocab and "dog" in vocab and "the sound of bark" in vocab
+    teacher = OnlineTeacher("mn04", vocab)
+    model = SLAP(get_config("slap-tiny"))
+    batch = collate(examples, model.text, sampler, tcfg, features=TextFeatureCache(model.text), online=teacher)
+    C = batch.mel.shape[-1] // 16
+    assert batch.distill_clip.shape == (3, 16) and batch.distill_columns.shape == (3, C, 16)
+    assert batch.distill_prompt_feats.shape == (16, 384)
+    # the targets are the teacher's mapped scores of these very waveforms; the positives lead
+    clip, _ = teacher.label([ex[4] for ex in examples], [len(ex[4]) // 2560 for ex in examples])
+    top = np.sort(clip.max(0))[::-1][:8]
+    assert np.allclose(np.sort(batch.distill_clip.numpy().max(0))[::-1][:8], top, atol=1e-6)
+    assert 0.0 <= float(batch.distill_columns.min()) and float(batch.distill_columns.max()) <= 1.0
+
+
+@needs_teachers
+def test_text_distillation_trains_the_matchers_path(tmp_path):
+    """The term acts on the calibrated cosine of the global embedding and the columns against the
+    text tower's prompt embeddings: the path the engine scores with, not a training-only head."""
+    cfg = TrainConfig(out=str(tmp_path), steps=3, batch_size=4, max_seconds=2.0, warmup_steps=1, log_every=1,
+                      ckpt_every=100, online_teacher="mn04", weights="ssl=0,caption=0", distill_prompts=16)
+    hist = train(cfg, corpus=ToneCorpus(8))["history"]
+    assert all(np.isfinite(h["text_distill"]) and h["text_distill"] > 0 for h in hist)
+    assert "distill" not in hist[0]  # the separate head is not used
+
+
+def test_an_unknown_online_teacher_is_one_line(tmp_path):
+    from encoder.online_teacher import OnlineTeacher
+
+    with pytest.raises(ValueError, match="expected mn04, yamnet or mn04\\+yamnet, got 'clap'"):
+        OnlineTeacher("clap", ["dog"])
