@@ -75,6 +75,9 @@ class TrainConfig:
     online_teacher: str = ""
     distill_prompts: int = 64  # vocabulary prompts per batch for the text_distill term
     distill_positives: int = 32  # of which the ones the teachers score highest on this batch
+    # Waveform robustness chain on online views (encoder.data.augment: room, noise, gain and
+    # clipping, 8 kHz band limit, mu-law, codecs), train split only; the teachers hear its output.
+    robust_augment: bool = True
 
 
 def parse_weights(spec: str) -> dict[str, float]:
@@ -130,6 +133,12 @@ class ClipSampler:
         self.cfg = cfg
         self.rng = np.random.default_rng(cfg.seed * 1000 + rank)
         self.online = bool(cfg.online_teacher)  # views cut and perturbed as waveforms, labelled in collate
+        self.augmenter = None
+        if self.online and self.perturb and cfg.robust_augment:
+            from encoder.data.augment import AugmentConfig, Augmenter
+
+            # views already end anywhere in a clip (random crops), so the chain's own crop is off
+            self.augmenter = Augmenter(AugmentConfig(p_right_crop=0.0), seed=cfg.seed * 1000 + rank)
 
     def example(self, clip) -> tuple:
         """(log-mel, caption, frame labels, stored teacher columns or None, waveform view or None)."""
@@ -173,6 +182,9 @@ class ClipSampler:
         audio = audio[: len(audio) // COLUMN_SAMPLES * COLUMN_SAMPLES]  # whole columns: the teacher hears no more than the student
         if self.perturb and self.cfg.gain_db:
             audio = np.clip(audio * np.float32(10 ** (self.rng.uniform(-self.cfg.gain_db, self.cfg.gain_db) / 20)), -1, 1)
+        if self.augmenter is not None:
+            audio, _ = self.augmenter(audio, noise=coloured_noise(len(audio), self.rng), rng=self.rng)
+            audio = np.clip(audio, -1.0, 1.0).astype(np.float32)
         mel = log_mel(audio)
         caption = clip.captions[int(self.rng.integers(len(clip.captions)))]
         events = clip.events if rate == 1.0 else [Event(e.label, e.onset_s / rate, e.offset_s / rate) for e in clip.events]
@@ -181,6 +193,15 @@ class ClipSampler:
     def batch(self, size: int) -> list[tuple]:
         idx = self.rng.choice(len(self.clips), size=size, replace=len(self.clips) < size)
         return [self.example(self.clips[i]) for i in idx]
+
+
+def coloured_noise(n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n,) float32 unit-RMS noise with a 1/f^a spectrum, a in [0, 2] (white to brown): a
+    background with no sound of its own, so the view's labels stay true."""
+    spec = np.fft.rfft(rng.standard_normal(max(n, 2)))
+    f = np.maximum(np.arange(len(spec)), 1.0)
+    x = np.fft.irfft(spec / f ** (rng.uniform(0.0, 2.0) / 2), max(n, 2))[:n]
+    return (x / (np.sqrt(np.mean(x ** 2)) + 1e-12)).astype(np.float32)
 
 
 DB_PER_UNIT = 10.0 * LOG_SCALE  # the normalised log-mel moves 1 unit per 40 dB
