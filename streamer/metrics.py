@@ -168,6 +168,10 @@ class Metrics:
             "counter", "slap_event_log_backlog_dropped_total", "Event edges dropped from a full backlog, never logged")
         self.clips_written = Scraped("counter", "slap_clips_written_total", "Event clips written")
         self.clip_errors = Scraped("counter", "slap_clip_errors_total", "Event clips not written (storage)")
+        self.embedding_hops = Scraped(
+            "counter", "slap_embedding_store_hops_total", "Hop embeddings committed to the search store")
+        self.embedding_errors = Scraped(
+            "counter", "slap_embedding_store_write_errors_total", "Failed search-store commits (their rows are dropped)")
         # -- capture workers (one process per stream; PusherStats)
         self.worker_frames_sent = Scraped(
             "counter", "slap_worker_frames_sent_total", "Frames handed to ZeroMQ", ("stream",))
@@ -333,6 +337,10 @@ class EngineMetrics:
         if engine.clips is not None:
             yield m.clips_written.family(engine.clips.stats.written)
             yield m.clip_errors.family(engine.clips.stats.errors)
+        store = getattr(engine, "embeddings", None)
+        if store is not None:
+            yield m.embedding_hops.family(store.stats.hops_written)
+            yield m.embedding_errors.family(store.stats.write_errors)
 
 
 class WorkerMetrics:

@@ -894,7 +894,8 @@ def test_a_flooding_stream_loses_its_own_frames_and_cannot_starve_the_others(bac
 
 
 def _engine_with_log(backend, tmp: Path, db: Path, zctx) -> Engine:
-    cfg = EngineConfig.model_validate(config(tmp, prompts=(TOGGLE,), event_log=str(db)))
+    # the embedding store would sit beside the log on the same failing storage, with its own error line
+    cfg = EngineConfig.model_validate(config(tmp, prompts=(TOGGLE,), event_log=str(db), embeddings={"enabled": False}))
     engine = Engine(cfg, backend, streams={"s"}, context=zctx)
     engine.publisher.event_log.retry_s = 0.3  # EventLog's pace between tries (RETRY_S = 5 s in service)
     return engine

@@ -176,3 +176,27 @@ def test_an_invalid_retention_is_one_line_naming_the_field():
     with pytest.raises(ConfigError) as info:
         parse_config("prompts: [{label: dog, text: a dog}]\noutputs:\n  embeddings: {max_age_days: 0}\n", "x.yaml")
     assert str(info.value) == "x.yaml:3: outputs.embeddings.max_age_days: expected > 0 (got 0)"
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped model is not in models/")
+def test_the_engine_writes_one_row_per_hop_and_counts_them(tmp_path):
+    from encoder.runtime import open_backend
+    from streamer.config import EngineConfig
+    from streamer.engine import Engine
+    from streamer.metrics import EngineMetrics
+
+    cfg = EngineConfig.model_validate(engine_config(tmp_path, []))
+    engine = Engine(cfg, open_backend("onnx", SHIPPED, ROOT / "cache", threads=1), streams={"yard"})
+    noise = (0.05 * np.random.default_rng(0).standard_normal((SR // 10, 1))).astype(np.float32)
+    t0 = time.time_ns()
+    for seq in range(60):  # 6 s in 100 ms frames: a hop (1 s) after each tenth
+        engine.feed("yard", noise, SR, seq=seq, epoch=1, wall_ns=t0 + seq * 100_000_000)
+        while engine.step() is not None:
+            pass
+    hops = engine.counters.hops
+    engine.close()
+    rows = read_hops(tmp_path / "events" / "embeddings.db", engine.model_id)
+    assert hops == 6 and len(rows) == hops and list(rows.start_col) == [0] * 6  # windows still growing to 10 s
+    assert list(rows.end_col) == [6, 12, 18, 25, 31, 37]  # 1 s hops on the 0.16 s column grid
+    assert rows.wall_start[0] == pytest.approx(t0 / 1e9, abs=0.01)
+    assert EngineMetrics(engine).registry.get_sample_value("slap_embedding_store_hops_total") == 6
