@@ -290,6 +290,45 @@ def test_main_with_web_serves_the_view_beside_its_engine_and_stops_it(tmp_path):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=3)
 
 
+def test_a_message_the_view_cannot_read_is_skipped_and_the_hub_goes_on():
+    import asyncio
+
+    import zmq
+
+    from streamer.web.live import LiveHub
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.bind(endpoint)
+
+    async def scenario() -> LiveHub:
+        hub = LiveHub(endpoint)
+        task = asyncio.create_task(hub.run())
+        good = {"type": "scores", "stream": "cam", "first_column": 0, "columns": [[0.5]], "labels": ["dog"],
+                "column_s": 0.16, "level_db": -30.0}
+        try:
+            for _ in range(100):  # until the SUB has joined
+                pub.send_multipart([b"scores.cam", json.dumps(good).encode()])
+                await asyncio.sleep(0.05)
+                if hub.streams:
+                    break
+            for body in (b"not json", json.dumps({**good, "first_column": "zz"}).encode(), json.dumps(good | {"first_column": 1}).encode()):
+                pub.send_multipart([b"scores.cam", body])
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if hub.streams["cam"].last_column == 1:
+                    break
+        finally:
+            task.cancel()
+        return hub
+
+    try:
+        hub = asyncio.run(scenario())
+    finally:
+        pub.close(0)
+    assert hub.bad_messages == 1 and hub.streams["cam"].last_column == 1  # the good one after the bad still counts
+
+
 BROWSER = shutil.which("chromium") and shutil.which("chromedriver")
 CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",

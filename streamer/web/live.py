@@ -63,6 +63,7 @@ class LiveHub:
         self.streams: dict[str, StreamView] = {}
         self._queues: set[asyncio.Queue] = set()
         self.messages = 0
+        self.bad_messages = 0
 
     def _view(self, name: str) -> StreamView:
         view = self.streams.get(name)
@@ -142,7 +143,12 @@ class LiveHub:
                         continue
                     if isinstance(payload, dict):
                         self.messages += 1
-                        self.handle(payload)
+                        try:
+                            self.handle(payload)
+                        except (TypeError, ValueError, KeyError) as e:  # a payload of another version: skip it
+                            self.bad_messages += 1
+                            log.warning("skipped a message the web view cannot read (%s) [%d so far]",
+                                        e, self.bad_messages)
                 if time.monotonic() >= next_health:
                     next_health = time.monotonic() + HEALTH_EVERY_S
                     self._broadcast("health", {"streams": self.health()})
