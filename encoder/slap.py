@@ -148,6 +148,9 @@ class Batch:
     distill_prompt_ids: torch.Tensor | None = None
     distill_prompt_mask: torch.Tensor | None = None
     distill_prompt_feats: torch.Tensor | None = None
+    # (B,) bool: the clip has corpus labels; None = all have. Unlabelled views (teacher-named
+    # audio) skip the frame and clip terms, whose all-zero labels would read as "nothing sounds".
+    labelled: torch.Tensor | None = None
 
 
 class PrototypeHead(nn.Module):
@@ -231,10 +234,11 @@ class SLAP(nn.Module):
             else:
                 prompts = self.text(batch.prompt_ids, batch.prompt_mask)
             labels = batch.frame_labels[:, : student.columns.shape[1]]
-            terms |= self.frame_loss(student.columns, student.column_valid, prompts, labels)
+            known = torch.ones(B, dtype=torch.bool, device=labels.device) if batch.labelled is None else batch.labelled
+            terms |= self.frame_loss(student.columns, student.column_valid & known[:, None], prompts, labels)
             if w["clip"]:
                 present = labels.amax(1, keepdim=True)  # (B, 1, P): the class sounds somewhere in the crop
-                every = torch.ones(B, 1, dtype=torch.bool, device=present.device)
+                every = known[:, None]
                 terms["clip"] = self.frame_loss(student.global_emb[:, None], every, prompts, present)["frame"]
 
         if w["distill"] and batch.teacher_clip is not None and batch.teacher_columns is not None:

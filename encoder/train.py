@@ -125,6 +125,8 @@ class ClipSampler:
         self.teacher = teacher  # encoder.data.teacher.TeacherScores or None
         self.perturb = split == "train"
         self.clips = corpus.clips(split)
+        if not cfg.online_teacher:  # unlabelled clips need a teacher to name them
+            self.clips = [c for c in self.clips if c.captions]
         if not self.clips:
             raise ValueError(f"{corpus.path}: no clips in split {split!r}")
         self.labels = corpus.labels
@@ -186,9 +188,13 @@ class ClipSampler:
             audio, _ = self.augmenter(audio, noise=coloured_noise(len(audio), self.rng), rng=self.rng)
             audio = np.clip(audio, -1.0, 1.0).astype(np.float32)
         mel = log_mel(audio)
-        caption = clip.captions[int(self.rng.integers(len(clip.captions)))]
+        # an unlabelled clip gets "" here and the teachers' name for it in collate
+        caption = clip.captions[int(self.rng.integers(len(clip.captions)))] if clip.captions else ""
         events = clip.events if rate == 1.0 else [Event(e.label, e.onset_s / rate, e.offset_s / rate) for e in clip.events]
-        return mel, caption, frame_labels(events, self.label_index, mel.shape[1], off // HOP_LENGTH), None, audio
+        y = frame_labels(events, self.label_index, mel.shape[1], off // HOP_LENGTH)
+        if not clip.labels:
+            y[:] = np.nan  # unknown, not absent: the frame terms skip this view
+        return mel, caption, y, None, audio
 
     def batch(self, size: int) -> list[tuple]:
         idx = self.rng.choice(len(self.clips), size=size, replace=len(self.clips) < size)
@@ -269,7 +275,7 @@ def online_targets(online, waves: list[np.ndarray], n_cols: list[int], C: int, t
                    cfg: TrainConfig, features: TextFeatureCache | None) -> dict:
     """The teachers' prompt-mapped targets for this batch's views, on `cfg.distill_prompts` of the
     vocabulary: the `distill_positives` the teachers score highest anywhere in the batch (what the
-    views hold) and random others (what they do not)."""
+    views hold) and random others (what they do not). "best_prompt": each view's top prompt."""
     clip, cols = online.label(waves, n_cols)
     V = clip.shape[1]
     pos = np.argsort(-clip.max(0))[: min(cfg.distill_positives, V)]
@@ -280,7 +286,8 @@ def online_targets(online, waves: list[np.ndarray], n_cols: list[int], C: int, t
     col_t = np.zeros((len(waves), C, len(chosen)), np.float32)
     for i, c in enumerate(cols):
         col_t[i, : len(c)] = c[:C][:, chosen]
-    out = {"distill_clip": torch.from_numpy(clip[:, chosen].astype(np.float32)), "distill_columns": torch.from_numpy(col_t)}
+    out = {"distill_clip": torch.from_numpy(clip[:, chosen].astype(np.float32)), "distill_columns": torch.from_numpy(col_t),
+           "best_prompt": [online.vocabulary[int(k)] for k in clip.argmax(1)]}
     if features is not None:
         out["distill_prompt_feats"] = features(texts)
     else:
@@ -298,8 +305,15 @@ def collate(examples, tower, sampler: ClipSampler, cfg: TrainConfig, augment: bo
     for i, (m, *_) in enumerate(examples):
         m = m[:, : lengths[i]]
         mel[i, :, : lengths[i]] = spec_augment(m, lengths[i], cfg, sampler.rng) if augment else m
-    ids, mask = tower.tokenize([ex[1] for ex in examples])
-    present = sorted({int(k) for ex in examples for k in np.flatnonzero(ex[2].any(0))})
+    distill, captions = {}, [ex[1] for ex in examples]
+    if online is not None and all(ex[4] is not None for ex in examples):
+        distill = online_targets(online, [ex[4] for ex in examples], [n // PATCH_FRAMES for n in lengths],
+                                 T // PATCH_FRAMES, tower, sampler.rng, cfg, features)
+        best = distill.pop("best_prompt")
+        captions = [c or best[i] for i, c in enumerate(captions)]  # unlabelled audio: the teachers name it
+    labelled = np.array([not np.isnan(ex[2]).any() for ex in examples])
+    ids, mask = tower.tokenize(captions)
+    present = sorted({int(k) for ex in examples if not np.isnan(ex[2]).any() for k in np.flatnonzero(ex[2].any(0))})
     others = [k for k in range(len(sampler.labels)) if k not in set(present)]
     n_neg = max(cfg.n_prompts - len(present), 0)
     chosen = present + [int(k) for k in sampler.rng.permutation(others)[:n_neg]]
@@ -309,7 +323,7 @@ def collate(examples, tower, sampler: ClipSampler, cfg: TrainConfig, augment: bo
     C = T // PATCH_FRAMES
     labels = np.zeros((len(examples), C, len(chosen)), np.float32)
     for i, (_, _, y, *_) in enumerate(examples):
-        labels[i, : y.shape[0]] = y[:C][:, chosen]
+        labels[i, : y.shape[0]] = np.nan_to_num(y[:C][:, chosen])
     teacher_clip = teacher_cols = None
     if all(ex[3] is not None for ex in examples):
         K = examples[0][3].shape[1]
@@ -318,15 +332,12 @@ def collate(examples, tower, sampler: ClipSampler, cfg: TrainConfig, augment: bo
             cols[i, : len(ex[3])] = ex[3][:C]
         teacher_cols = torch.from_numpy(cols)
         teacher_clip = torch.from_numpy(np.stack([ex[3].mean(0) for ex in examples]))  # the crop's mean
-    distill = {}
-    if online is not None and all(ex[4] is not None for ex in examples):
-        distill = online_targets(online, [ex[4] for ex in examples], [n // PATCH_FRAMES for n in lengths], C, tower,
-                                 sampler.rng, cfg, features)
     return Batch(
         **distill,
+        labelled=None if labelled.all() else torch.from_numpy(labelled),
         mel=torch.from_numpy(mel), lengths=torch.tensor(lengths), text_ids=ids, text_mask=mask,
         prompt_ids=p_ids, prompt_mask=p_mask, frame_labels=torch.from_numpy(labels),
-        text_feats=features([ex[1] for ex in examples]) if features else None,
+        text_feats=features(captions) if features else None,
         prompt_feats=features(prompt_texts) if features else None,
         teacher_clip=teacher_clip, teacher_columns=teacher_cols,
     )

@@ -236,3 +236,29 @@ def test_an_unknown_online_teacher_is_one_line(tmp_path):
 
     with pytest.raises(ValueError, match="expected mn04, yamnet or mn04\\+yamnet, got 'clap'"):
         OnlineTeacher("clap", ["dog"])
+
+
+@needs_teachers
+def test_unlabelled_audio_is_named_by_the_teachers_and_skips_the_frame_terms():
+    from encoder.online_teacher import OnlineTeacher, prompt_vocabulary
+    from encoder.slap import SLAP, get_config
+    from encoder.train import ClipSampler, TextFeatureCache, collate
+
+    corpus = ToneCorpus(6)
+    for c in corpus.clips("train"):
+        c.captions, c.labels, c.events = [], [], []
+    tcfg = TrainConfig(online_teacher="mn04", max_seconds=2.0, distill_prompts=16)
+    sampler = ClipSampler(corpus, "train", tcfg, 0)
+    assert len(sampler.clips) == len(corpus.clips("train"))  # kept: the teacher labels them
+    examples = sampler.batch(3)
+    assert all(ex[1] == "" and np.isnan(ex[2]).all() for ex in examples)
+    teacher = OnlineTeacher("mn04", prompt_vocabulary([]))
+    model = SLAP(get_config("slap-tiny"))
+    batch = collate(examples, model.text, sampler, tcfg, features=TextFeatureCache(model.text), online=teacher)
+    assert batch.labelled is not None and not batch.labelled.any()
+    clip, _ = teacher.label([ex[4] for ex in examples], [len(ex[4]) // 2560 for ex in examples])
+    named = [teacher.vocabulary[int(k)] for k in clip.argmax(1)]
+    feats = TextFeatureCache(model.text)(named)
+    assert torch.allclose(batch.text_feats, feats, atol=1e-4)  # the captions are the teachers' top prompts
+    terms = model(batch)
+    assert terms["frame"].item() == 0.0 and torch.isfinite(terms["loss"])
