@@ -235,7 +235,8 @@ class Engine:
         self._key_dir = tempfile.mkdtemp(prefix="slap-worker-key-")  # 0700: the local workers' key pair
         _, worker_secret_file = create_certificates(self._key_dir, "local-worker")
         worker_public, _ = load_certificate(worker_secret_file)
-        self.worker_args = ["--curve-server-key", public.decode(), "--curve-secret-key-file", worker_secret_file]
+        # "--flag=value": a Z85 key may start with "-", which argparse would read as another flag
+        self.worker_args = [f"--curve-server-key={public.decode()}", f"--curve-secret-key-file={worker_secret_file}"]
 
         def refused(key: bytes) -> None:
             self.counters.auth_refused += 1
