@@ -260,7 +260,8 @@ def build(root: str | Path, out: str | Path) -> list[ClipSetItem]:
         rel = Path("audio") / r.source / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', r.path.stem)}.flac"
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         sf.write(str(out / rel), x, SAMPLE_RATE, subtype="PCM_16")
-        repo = next(p for p in r.path.parents if p.parent == root or p.parent.parent == root)
+        owner = next(o for o, name, _ in SOURCES if name == r.source)
+        repo = find_repo(root, owner, r.source)
         items.append(ClipSetItem(clip_id, r.source, r.recording, r.label, str(rel), round(len(x) / SAMPLE_RATE, 3),
                                  r.licence, str(r.path.relative_to(repo))))
     items.sort(key=lambda i: i.clip_id)
