@@ -31,7 +31,7 @@ def collect_pairs(model, corpus, split: str, max_clips: int, max_seconds: float,
     index = {lab: i for i, lab in enumerate(labels)}
     prompts = [corpus.names(lab)[0] for lab in labels]
     p = F.normalize(model.text(*model.text.tokenize(prompts)), dim=-1)  # (K, E)
-    clips = corpus.clips(split)
+    clips = [c for c in corpus.clips(split) if c.labels]  # an unlabelled clip's zeros mean "unknown", not "absent"
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(clips), size=min(max_clips, len(clips)), replace=False)
     cos_all, y_all = [], []
