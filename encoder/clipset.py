@@ -108,7 +108,7 @@ MOODIST = {  # remvze/moodist ambience loops (one recording each) -> class
     "urban/traffic": "traffic",
 }
 
-_TAKE = re.compile(r"^(.*?)(?:[_.]\d+)?$")
+TAKE = re.compile(r"^(.*?)(?:[_.]\d+)?$")  # a take number ends a stem: "dog_bark_02" -> recording "dog_bark"
 
 
 def find_repo(root: Path, owner: str, name: str) -> Path | None:
@@ -145,7 +145,7 @@ def _instruments(repo: Path) -> Iterator[Recording]:
 
 def _mod_sounds(repo: Path) -> Iterator[Recording]:
     for f in sorted((repo / "sounds").glob("sounds_*.ogg")):
-        stem = _TAKE.match(f.stem.removeprefix("sounds_"))[1]
+        stem = TAKE.match(f.stem.removeprefix("sounds_"))[1]
         label = MOD_SOUNDS.get(stem)
         if label:
             yield Recording("mod-sounds", stem, label, f, "CC0 / CC BY / CC BY-SA (sources.md)")

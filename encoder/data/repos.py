@@ -40,7 +40,7 @@ from .sources import SAMPLE_RATE, Library, SourceItem, stable_hash, to_mono_16k
 
 REPO_LIBRARY_VERSION = 1  # part of each source library's cache key: bump when reading changes
 AUDIO_SUFFIXES = (*AUDIO_EXT, ".mp3")
-_TAKE = re.compile(r"^(.*?)(?:[_.]\d+)?$")  # encoder.clipset's take rule: "dog_bark_02" -> "dog_bark"
+_TAKE = clipset.TAKE  # one take rule for the clip set and the corpus
 _ESC50_NAME = re.compile(r"^[1-5]-\d+-[A-Z]-")  # ESC-50 file names ({fold}-{freesound id}-{take}-...)
 
 
