@@ -38,8 +38,8 @@ CHUNKS = 5  # one-second chunks per five-second clip
 PROMPT_TEMPLATE = "the sound of {}"
 SAMPLE_RATE = 16000
 
-_CHUNK = re.compile(r"([1-5])-(\d+)-([A-Z])-(\d+)\.wav")
-_WHOLE = re.compile(r"([1-5])-(\d+)-([A-Z])-(\d+)\.wav")
+# {fold}-{freesound id}-{take}-{last}.wav; last = target (original layout) or target + chunk digit
+_NAME = re.compile(r"([1-5])-(\d+)-([A-Z])-(\d+)\.wav")
 
 
 def prompts() -> list[str]:
@@ -68,7 +68,7 @@ class Clip:
 
 def _chunk_dir(root: Path) -> Path | None:
     for cand in (root, root / "unknown", root / "Binary_Drone_Audio" / "unknown"):
-        if cand.is_dir() and any(_CHUNK.fullmatch(p.name) for p in cand.glob("*-*-*-*.wav")):
+        if cand.is_dir() and any(_NAME.fullmatch(p.name) for p in cand.glob("*-*-*-*.wav")):
             return cand
     return None
 
@@ -82,16 +82,16 @@ def load(root: str | Path, expect_full: bool = True) -> list[Clip]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: ESC-50 folder not found (a checkout of saraalemadi/DroneAudioDataset or of ESC-50)")
     whole = root / "audio" if (root / "audio").is_dir() else None
-    if whole is not None and any(_WHOLE.fullmatch(p.name) for p in whole.glob("*.wav")):
+    if whole is not None and any(_NAME.fullmatch(p.name) for p in whole.glob("*.wav")):
         clips = [Clip(p.stem, int(m[1]), int(m[2]), int(m[4]), (p,))
-                 for p in sorted(whole.glob("*.wav")) if (m := _WHOLE.fullmatch(p.name))]
+                 for p in sorted(whole.glob("*.wav")) if (m := _NAME.fullmatch(p.name))]
     else:
         chunk_dir = _chunk_dir(root)
         if chunk_dir is None:
             raise FileNotFoundError(f"{root}: no ESC-50 clips found (expected Binary_Drone_Audio/unknown/1-100038-A-140.wav ...)")
         groups: dict[tuple[str, str, str, str], dict[int, Path]] = {}
         for p in chunk_dir.glob("*-*-*-*.wav"):
-            m = _CHUNK.fullmatch(p.name)
+            m = _NAME.fullmatch(p.name)
             if m is None:
                 continue
             last = m[4]

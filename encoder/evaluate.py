@@ -300,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         print("main.py eval: nothing to evaluate: give --esc50 DIR, build the clip set (`main.py data clipset`) "
               "or the corpus (`main.py data build`)", file=sys.stderr)
         return 2
+    from encoder import zeroshot
+
     results: dict = {"model": args.model}
     try:
         t0 = time.perf_counter()
@@ -307,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, res in real.items():
             results[name] = asdict(res)
             title = "ESC-50 zero-shot" if name == "esc50" else "clip set zero-shot"
-            print(zeroshot_table(res, title, args.per_class))
+            print(zeroshot.format_table(res, title, args.per_class))
             print(f"({name}: {res.clips} clips; seconds " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()) + ")\n")
         if corpus_dir:
             res = evaluate(args.model, corpus_dir, args.cache_dir, args.max_clips, args.threads)
@@ -322,8 +324,3 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
 
-
-def zeroshot_table(res, title: str, per_class: bool) -> str:
-    from encoder.zeroshot import format_table as table
-
-    return table(res, title, per_class)
