@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="slap-bench-engine-"))
     cfg = bench_config(args, workdir)
-    backend = open_backend(cfg.model.backend, cfg.model.path, cfg.model.cache_dir, cfg.model.threads or None)
+    backend = open_backend(cfg.model.backend, cfg.model.path, cfg.model.cache_dir, cfg.model.threads or None,
+                           precision=cfg.model.precision)
     if args.backend != "auto" and backend.info().get("backend") != args.backend:  # tensorrt falls back to onnx
         print(f"engine_proc: backend {args.backend} not available here (got {backend.info().get('backend')})",
               file=sys.stderr)

@@ -40,7 +40,7 @@ def _open_backend(cfg: EngineConfig, prog: str):
 
     try:
         return open_backend(cfg.model.backend, cfg.model.path, cfg.model.cache_dir or "cache",
-                            cfg.model.threads or None)
+                            cfg.model.threads or None, precision=cfg.model.precision)
     except BackendError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return None

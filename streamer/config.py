@@ -210,6 +210,9 @@ class ContextConfig(_Model):
     max_gap_s: Seconds = Field(
         2.0, le=MAX_CONTEXT_S, description="longest gap zero-filled; longer ones reset"
     )
+    encoder: Literal["incremental", "window"] = Field(
+        "incremental", description="incremental: a hop encodes only its new columns against the stream's cached "
+        "keys/values (encoder/incremental.py); window: every hop re-encodes the whole context")
 
     @field_validator("hop_s")
     @classmethod
@@ -249,6 +252,8 @@ class ModelConfig(_Model):
     path: Path = Path("models/slap-tiny.safetensors")
     backend: Literal["auto", "onnx", "torch", "tensorrt"] = "auto"
     threads: int = Field(0, ge=0, le=256, description="0: ONNX Runtime's choice")
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32", description="the incremental encoder's weights on ONNX Runtime (int8: dynamic quantisation)")
     cache_dir: Path | None = Field(None, description="prompt-embedding cache; null: memory only")
 
 
@@ -374,6 +379,9 @@ class EngineConfig(_Model):
         window_columns = round(self.context.max_context_s * FRAMES_PER_SECOND) // PATCH_FRAMES
         if round(d.lookback_s / SECONDS_PER_COLUMN) + hop_columns > window_columns:
             raise _At(("detector", "lookback_s"), "expected lookback_s + hop_s <= context.max_context_s")
+        if d.lookback_s and self.context.encoder == "incremental":
+            raise _At(("detector", "lookback_s"), "expected 0 with context.encoder incremental (a column is encoded "
+                      "once, without the audio after its hop); set context.encoder: window to use lookback")
         return self
 
     def prompt(self, label: str) -> PromptConfig:

@@ -1,7 +1,9 @@
 """The engine: one PULL socket, many streams, batched encoder calls, events out.
 
     frames (PULL) -> decode + validate -> resample to 16 kHz mono -> StreamContext (per stream)
-    -> every hop: the due windows of all streams in one padded encoder call
+    -> every hop: the due windows of all streams in one padded encoder call; with
+       context.encoder "incremental" (default) only each window's new columns are encoded,
+       against the stream's cached keys/values (encoder/incremental.py), else the whole window
     -> Matcher (prompts x global / columns) -> EventDetector per (stream, label)
     -> EventLog (SQLite, first) -> Publisher (ZeroMQ PUB)
 
@@ -41,6 +43,7 @@ import numpy as np
 import zmq
 
 from encoder.frontend import PATCH_FRAMES, SECONDS_PER_COLUMN
+from encoder.runtime.stream_cache import StreamCache, encode_new_columns
 from streamer.config import CurveConfig, EngineConfig
 from streamer.context import COLUMN_SAMPLES, StreamContext, Window
 from streamer.detector import EventDetector, EventEdge, Smoothing
@@ -137,6 +140,20 @@ class StreamState:
     stale: bool = False
     level_energy: float = 0.0  # sum of squared samples fed since the last hop (the scores' level_db)
     level_samples: int = 0
+    cache: StreamCache | None = None  # the incremental encoder's keys/values (None: window mode)
+
+
+@dataclass
+class Encoded:
+    """One encoder call's output for a batch of due windows: row i scores columns
+    [first[i], first[i] + count[i]) of its stream (count 0: nothing new to score)."""
+
+    columns: np.ndarray  # (B, C, E)
+    valid: np.ndarray  # (B, C) bool
+    glob: np.ndarray  # (B, E)
+    first: list[int]
+    count: list[int]
+    new_from: list[int]  # row-local index of the first column new in this hop (score publication)
 
 
 class Engine:
@@ -184,6 +201,10 @@ class Engine:
         cal = self.manifest.get("calibration")
         self.calibration = Calibration.from_manifest(cal) if cal else Calibration(10.0, -5.0)
         self.cfg = cfg
+        self.incremental = cfg.context.encoder == "incremental" and hasattr(backend, "incremental")
+        if cfg.context.encoder == "incremental" and not self.incremental:
+            log.warning("backend %s has no incremental encoder: every hop re-encodes its whole window",
+                        backend.info().get("backend"))
         self.matcher = self._make_matcher(cfg)
         event_log = EventLog(cfg.outputs.event_log) if cfg.outputs.event_log else None
         self.publisher: Publisher | None = None
@@ -303,6 +324,8 @@ class Engine:
             c = self.cfg.context
             state = StreamState(name, StreamContext(c.max_context_s, c.hop_s, c.gap_policy, c.max_gap_s),
                                 {label: self._detector(label) for label in self.matcher.labels})
+            if self.incremental:
+                state.cache = StreamCache(state.context.window_frames // PATCH_FRAMES, self.backend.cache_entry)
             self.streams[name] = state
             log.info("stream %s: first frame", name)
         return state
@@ -451,23 +474,18 @@ class Engine:
         queue_wait = [t_start - (s.due_since or t_start) for s in due]
         for s in due:
             s.due_since = time.monotonic() if s.context.hop_due else None
-        lengths = np.array([w.mel.shape[1] for w in windows], np.int64)
-        keep = lengths >= PATCH_FRAMES
-        mel = np.zeros((len(windows), windows[0].mel.shape[0], max(int(lengths.max()), PATCH_FRAMES)), np.float32)
-        for i, w in enumerate(windows):
-            mel[i, :, : w.mel.shape[1]] = w.mel
-        lengths = np.maximum(lengths, PATCH_FRAMES)  # a window shorter than a column is skipped below
-        columns, valid, glob = self.backend.encode(mel, lengths)
+        enc = self._encode_incremental(due, windows) if self.incremental else self._encode_windows(due, windows)
+        keep = [n > 0 for n in enc.count]
         t_enc = time.monotonic()
-        scores = self.matcher(glob, columns, valid)
+        scores = self.matcher(enc.glob, enc.columns, enc.valid)
         t_match = time.monotonic()
         edges_per_stream = []
-        for i, (s, w) in enumerate(zip(due, windows)):
+        for i, s in enumerate(due):
             if not keep[i]:
                 edges_per_stream.append({})
                 continue
-            n = w.n_columns
-            edges_per_stream.append({label: s.detectors[label](scores.column_scores[i, :n, p], w.first_column)
+            n, first = enc.count[i], enc.first[i]
+            edges_per_stream.append({label: s.detectors[label](scores.column_scores[i, :n, p], first)
                                      for p, label in enumerate(scores.labels) if label in s.detectors})
         t_detect = time.monotonic()
         new_events = 0
@@ -476,15 +494,15 @@ class Engine:
             level_db = 10 * np.log10(max(s.level_energy / max(s.level_samples, 1), 1e-10))
             s.level_energy, s.level_samples = 0.0, 0
             if self.embeddings is not None and keep[i]:
-                self.embeddings.add(s.name, glob[i], w.first_column, w.n_columns,
+                self.embeddings.add(s.name, enc.glob[i], w.first_column, w.n_columns,
                                     s.context.wall_time(w.first_column * PATCH_FRAMES),
                                     s.context.wall_time((w.first_column + w.n_columns) * PATCH_FRAMES))
             if self.publisher is not None and self.cfg.outputs.scores_topic and keep[i]:
-                hop_cols = max(1, min(w.n_columns, s.context.hop_frames // PATCH_FRAMES))
-                first = w.n_columns - hop_cols
+                lo, hi = enc.new_from[i], enc.count[i]
+                column = enc.first[i] + lo
                 self.publisher.publish_scores(
-                    s.name, model=self.model_id, labels=scores.labels, columns=scores.column_scores[i, first:w.n_columns],
-                    first_column=w.first_column + first, start=s.context.wall_time((w.first_column + first) * PATCH_FRAMES),
+                    s.name, model=self.model_id, labels=scores.labels, columns=scores.column_scores[i, lo:hi],
+                    first_column=column, start=s.context.wall_time(column * PATCH_FRAMES),
                     global_scores=scores.global_scores[i], level_db=level_db)
         t_pub = time.monotonic()
         now_wall = time.time()
@@ -500,6 +518,49 @@ class Engine:
         if self.on_hop is not None:
             self.on_hop(stats)
         return stats
+
+    def _encode_windows(self, due: list[StreamState], windows: list[Window]) -> Encoded:
+        """Window mode: every due window whole, in one padded call."""
+        lengths = np.array([w.mel.shape[1] for w in windows], np.int64)
+        mel = np.zeros((len(windows), windows[0].mel.shape[0], max(int(lengths.max()), PATCH_FRAMES)), np.float32)
+        for i, w in enumerate(windows):
+            mel[i, :, : w.mel.shape[1]] = w.mel
+        columns, valid, glob = self.backend.encode(mel, np.maximum(lengths, PATCH_FRAMES))
+        count = [w.n_columns for w in windows]  # a window shorter than a column has none: not scored
+        hop_cols = [max(1, min(n, s.context.hop_frames // PATCH_FRAMES)) for s, n in zip(due, count)]
+        return Encoded(columns, valid, glob, [w.first_column for w in windows], count,
+                       [n - h for n, h in zip(count, hop_cols)])
+
+    def _encode_incremental(self, due: list[StreamState], windows: list[Window]) -> Encoded:
+        """Incremental mode: each window's columns after its stream's cache, in one padded call.
+        A window that does not continue the cache (the context was reset, or it is the first)
+        starts the cache afresh."""
+        new, caches = [], []
+        for s, w in zip(due, windows):
+            c = s.cache
+            end = w.first_column + w.n_columns
+            if not (w.first_column <= c.end_column <= end):
+                c.clear(w.first_column)
+            new.append(end - c.end_column)
+            caches.append(c)
+        first = [c.end_column for c in caches]
+        n_max = max(new)
+        if n_max == 0:  # no window has a new whole column yet
+            E = int(self.manifest.get("embed_dim", 1))
+            return Encoded(np.zeros((len(due), 1, E), np.float32), np.zeros((len(due), 1), bool),
+                           np.zeros((len(due), E), np.float32), first, new, [0] * len(due))
+        rows = [i for i, n in enumerate(new) if n]
+        mel = np.zeros((len(rows), windows[0].mel.shape[0], n_max * PATCH_FRAMES), np.float32)
+        for r, i in enumerate(rows):
+            mel[r, :, : new[i] * PATCH_FRAMES] = windows[i].mel[:, (windows[i].n_columns - new[i]) * PATCH_FRAMES :]
+        columns, glob = encode_new_columns(self.backend, mel, np.array([new[i] for i in rows]), [caches[i] for i in rows])
+        if len(rows) < len(due):  # rows without new columns get zeros (not scored: count 0)
+            full_c = np.zeros((len(due), *columns.shape[1:]), np.float32)
+            full_g = np.zeros((len(due), glob.shape[1]), np.float32)
+            full_c[rows], full_g[rows] = columns, glob
+            columns, glob = full_c, full_g
+        valid = np.arange(n_max)[None] < np.array(new)[:, None]
+        return Encoded(columns, valid, glob, first, new, [0] * len(due))
 
     def _publish(self, state: StreamState, edges_by_label: dict[str, list[EventEdge]]) -> int:
         """Turn detector edges into events; log, publish, count. Returns the number of starts."""
@@ -578,9 +639,22 @@ class Engine:
         w = state.context.tail_window()
         if not w.n_columns:
             return
-        columns, valid, glob = self.backend.encode(w.mel[None].copy(), np.array([w.mel.shape[1]], np.int64))
+        if self.incremental:
+            c = state.cache
+            end = w.first_column + w.n_columns
+            if not (w.first_column <= c.end_column < end):
+                return  # nothing after the last hop's columns (or a cache that does not continue: nothing to add)
+            n = end - c.end_column
+            first = c.end_column
+            # the padded tail is scored, never cached: the stream clock does not move for it
+            columns, glob = encode_new_columns(self.backend, w.mel[None, :, (w.n_columns - n) * PATCH_FRAMES :].copy(),
+                                               np.array([n]), [c], commit=False)
+            valid = np.ones((1, n), bool)
+        else:
+            columns, valid, glob = self.backend.encode(w.mel[None].copy(), np.array([w.mel.shape[1]], np.int64))
+            n, first = w.n_columns, w.first_column
         scores = self.matcher(glob, columns, valid)
-        self._publish(state, {label: state.detectors[label](scores.column_scores[0, :w.n_columns, p], w.first_column)
+        self._publish(state, {label: state.detectors[label](scores.column_scores[0, :n, p], first)
                               for p, label in enumerate(scores.labels) if label in state.detectors})
 
     # -- loop -----------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ def open_backend(
     *,
     engine: str | Path | None = None,
     device: str = "cpu",
+    precision: str = "fp32",
 ) -> Backend:
     """Open a backend for a weights file (or a config name: seeded random weights).
 
@@ -54,7 +55,8 @@ def open_backend(
     "cpu", "cuda" or "auto". A TensorRT engine that cannot be used (no tensorrt, no GPU, no
     engine, or one built for another GPU, TensorRT version or model) makes "tensorrt" and
     "auto" fall back to ONNX Runtime with a warning. Raises BackendError (one line) for an
-    unknown kind or a missing or unusable model file."""
+    unknown kind or a missing or unusable model file. precision: the incremental encoder's
+    weights on ONNX Runtime, "fp32" or "int8" (torch and TensorRT run fp32 / their own)."""
     if kind not in KINDS:
         raise BackendError(f"backend must be one of {', '.join(KINDS)}, got {kind!r}")
     model_file = resolve_model(model_path, cache_dir)
@@ -85,6 +87,6 @@ def open_backend(
 
     from encoder.runtime.onnx_backend import OnnxBackend
 
-    backend = OnnxBackend(export_dir, threads, device)
+    backend = OnnxBackend(export_dir, threads, device, precision=precision)
     log.info("backend %s: onnxruntime %s", kind, backend.info())
     return backend

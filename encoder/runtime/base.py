@@ -7,6 +7,10 @@ An export directory (written by `encoder.export`) holds:
     manifest.json        model hash, opset, shapes, embed_dim, max_len, score calibration
     audio_encoder.onnx   mel (B, 64, T) float32, lengths (B,) int64
                          -> columns (B, C, E) float32, column_valid (B, C) bool, global_emb (B, E) float32
+    audio_incremental.onnx       one hop of the incremental encoder (encoder/incremental.py):
+                         mel (B, 64, 16 n), new_valid (B, n) bool, cache (B, 4T, ENTRY), cache_valid (B, T)
+                         -> columns (B, n, E), global_emb (B, E), new_cache (B, 4n, ENTRY)
+    audio_incremental.int8.onnx  the same, int8 weights (ONNX Runtime dynamic quantisation)
     text_tower.onnx      ids (B, L) int64, mask (B, L) int64 -> text_emb (B, E) float32
     tokenizer.json       the MiniLM WordPiece tokenizer (`tokenizers` format)
     *.plan + *.plan.json TensorRT engines and their sidecars (built by `python -m trt_build`)
@@ -23,8 +27,10 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_FORMAT = "slap-onnx-v1"
+MANIFEST_FORMAT = "slap-onnx-v2"  # v2: the incremental encoder and its int8 copy
 AUDIO_ONNX = "audio_encoder.onnx"
+INCREMENTAL_ONNX = "audio_incremental.onnx"
+INCREMENTAL_INT8_ONNX = "audio_incremental.int8.onnx"
 TEXT_ONNX = "text_tower.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 EXPORT_PREFIX = "onnx-"  # cache_dir / "onnx-<model hash>"
@@ -142,7 +148,8 @@ def find_export(model_file: str | Path, cache_dir: str | Path) -> Path | None:
         manifest = read_manifest(export_dir)
     except BackendError:
         return None
-    files = (manifest["audio"]["file"], manifest["text"]["file"], manifest["text"]["tokenizer"])
+    files = (manifest["audio"]["file"], manifest["incremental"]["file"], manifest["incremental"]["int8_file"],
+             manifest["text"]["file"], manifest["text"]["tokenizer"])
     if manifest.get("model_hash") != model_hash or not all((export_dir / f).is_file() for f in files):
         return None
     return export_dir

@@ -11,6 +11,7 @@ import numpy as np
 
 from encoder.runtime.base import BackendError, PromptTokenizer, check_inputs, read_manifest
 
+PRECISIONS = ("fp32", "int8")
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
@@ -71,12 +72,21 @@ class OnnxTextTower:
 class OnnxBackend:
     name = "onnx"
 
-    def __init__(self, export_dir: str | Path, threads: int | None = None, device: str = "cpu", spin: bool = False):
+    def __init__(self, export_dir: str | Path, threads: int | None = None, device: str = "cpu", spin: bool = False,
+                 precision: str = "fp32"):
+        """precision applies to the incremental encoder: "fp32" or "int8" (the full-window
+        encoder is always fp32: it serves evaluation and the TensorRT build)."""
         export_dir = Path(export_dir)
         self.manifest = read_manifest(export_dir)
-        self.export_dir, self.threads, self.spin = export_dir, threads, spin
+        if precision not in PRECISIONS:
+            raise BackendError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.export_dir, self.threads, self.spin, self.precision = export_dir, threads, spin, precision
         self.providers = select_providers(device)
         self.audio = _session(export_dir / self.manifest["audio"]["file"], threads, self.providers, spin)
+        inc = self.manifest["incremental"]
+        self._incremental = None  # opened on first use: an evaluation of the full window never pays for it
+        self._incremental_file = export_dir / inc["file" if precision == "fp32" else "int8_file"]
+        self.cache_entry = int(inc["entry"])
         self.text = OnnxTextTower(export_dir, self.manifest, threads, self.providers, spin)
         self._outputs = list(self.manifest["audio"]["outputs"])  # columns, column_valid, global_emb
 
@@ -84,6 +94,17 @@ class OnnxBackend:
         mel, lengths = check_inputs(mel, lengths)
         columns, column_valid, global_emb = self.audio.run(self._outputs, {"mel": mel, "lengths": lengths})
         return columns, column_valid, global_emb
+
+    def incremental(self, mel: np.ndarray, new_valid: np.ndarray, cache: np.ndarray,
+                    cache_valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One hop of the incremental encoder (shapes in encoder/runtime/base.py); see
+        encoder.runtime.stream_cache.encode_new_columns for the per-stream bookkeeping."""
+        if self._incremental is None:
+            self._incremental = _session(self._incremental_file, self.threads, self.providers, self.spin)
+        feeds = {"mel": np.ascontiguousarray(mel, np.float32), "new_valid": np.ascontiguousarray(new_valid, bool),
+                 "cache": cache, "cache_valid": np.ascontiguousarray(cache_valid, bool)}
+        columns, global_emb, new_cache = self._incremental.run(["columns", "global_emb", "new_cache"], feeds)
+        return columns, global_emb, new_cache
 
     def embed_text(self, prompts: list[str]) -> np.ndarray:
         return self.text(prompts)
@@ -96,5 +117,5 @@ class OnnxBackend:
             "providers": self.audio.get_providers(),
             "threads": self.threads,
             "spin": self.spin,
-            "precision": "fp32",
+            "precision": self.precision,
         }

@@ -24,12 +24,27 @@ class TorchBackend:
         self.model_file, self.threads = Path(model_file), threads
         self.model = load_model(model_file)  # float32, eval mode
         self.model_hash = file_hash(model_file)
+        cfg = self.model.cfg.audio
+        self.cache_entry = (2 * cfg.depth + 2) * cfg.width  # = encoder.incremental.entry_size
+        self._incremental = None
 
     def encode(self, mel: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         mel, lengths = check_inputs(mel, lengths)
         with self._torch.inference_mode():
             out = self.model.audio(self._torch.from_numpy(mel), self._torch.from_numpy(lengths))
         return out.columns.numpy(), out.column_valid.numpy(), out.global_emb.numpy()
+
+    def incremental(self, mel: np.ndarray, new_valid: np.ndarray, cache: np.ndarray,
+                    cache_valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One hop of encoder.incremental.IncrementalEncoder (the reference of the exported graph)."""
+        t = self._torch
+        if self._incremental is None:
+            from encoder.incremental import IncrementalEncoder
+
+            self._incremental = IncrementalEncoder(self.model.audio).eval()
+        with t.inference_mode():
+            out = self._incremental(*(t.from_numpy(np.array(a)) for a in (mel, new_valid, cache, cache_valid)))
+        return tuple(o.numpy() for o in out)
 
     def embed_text(self, prompts: list[str]) -> np.ndarray:
         if isinstance(prompts, str):
