@@ -58,9 +58,10 @@ def bench_config(args: argparse.Namespace, workdir: Path) -> EngineConfig:
     base = load_config(args.config)
     return EngineConfig.model_validate({
         "prompts": [p.model_dump() for p in base.prompts],
-        "context": {"max_context_s": args.context, "hop_s": args.hop},
+        "context": {"max_context_s": args.context, "hop_s": args.hop, "encoder": args.encoder},
         "detector": base.detector.model_dump(),
-        "model": {"path": args.model, "backend": args.backend, "threads": args.threads, "cache_dir": str(args.cache_dir)},
+        "model": {"path": args.model, "backend": args.backend, "threads": args.threads, "precision": args.precision,
+                  "cache_dir": str(args.cache_dir)},
         "outputs": {"ingest_endpoint": "tcp://127.0.0.1:0", "pub_endpoint": "tcp://127.0.0.1:0",
                     "event_log": str(workdir / "events.db")},
         "metrics": {"enabled": args.metrics, "host": "127.0.0.1", "port": 9464},
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--context", type=float, default=10.0)
     p.add_argument("--hop", type=float, default=0.5)
+    p.add_argument("--encoder", choices=("incremental", "window"), default="incremental")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
     p.add_argument("--cache-dir", type=Path, default=Path("cache"))
     p.add_argument("--no-metrics", dest="metrics", action="store_false", help="no Prometheus endpoint")
     args = p.parse_args(argv)

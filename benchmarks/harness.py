@@ -163,10 +163,12 @@ class EngineProcess:
     """The engine under test: `python -m benchmarks.engine_proc` (see there), read by a thread."""
 
     def __init__(self, backend: str, *, model: str = "slap-tiny", threads: int = 2, context_s: float = CONTEXT_S,
-                 hop_s: float = HOP_S, cache_dir: Path = Path("cache"), metrics: bool = True):
+                 hop_s: float = HOP_S, cache_dir: Path = Path("cache"), metrics: bool = True,
+                 encoder: str = "incremental", precision: str = "fp32"):
         self.cmd = [sys.executable, "-m", "benchmarks.engine_proc", "--backend", backend, "--model", model,
                     "--threads", str(threads), "--context", str(context_s), "--hop", str(hop_s),
-                    "--cache-dir", str(cache_dir)] + ([] if metrics else ["--no-metrics"])
+                    "--cache-dir", str(cache_dir), "--encoder", encoder, "--precision", precision] \
+            + ([] if metrics else ["--no-metrics"])
         self.backend = backend
         self.hops: list[list] = []
         self.samples: list[dict] = []

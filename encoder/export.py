@@ -22,6 +22,7 @@ import shutil
 import sys
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ import torch.nn as nn
 
 from encoder.checkpoint import CheckpointError, file_hash, load_model, save_weights
 from encoder.frontend import FRAMES_PER_SECOND, N_MELS, PATCH_FRAMES
-from encoder.incremental import IncrementalEncoder, entry_size
+from encoder.incremental import IncrementalEncoder, entry_sizes, local_columns
 from encoder.model import AudioEncoder
 from encoder.runtime.base import (
     AUDIO_ONNX,
@@ -55,10 +56,16 @@ MIN_COSINE = 0.9999  # ORT vs torch, per clip (global) and per valid column
 AUDIO_INPUTS = {"mel": ["batch", N_MELS, "frames"], "lengths": ["batch"]}
 AUDIO_OUTPUTS = {"columns": ["batch", "n_columns", "embed_dim"], "column_valid": ["batch", "n_columns"],
                  "global_emb": ["batch", "embed_dim"]}
-INCREMENTAL_INPUTS = {"mel": ["batch", N_MELS, "frames"], "new_valid": ["batch", "new_columns"],
-                      "cache": ["batch", "cache_tokens", "entry"], "cache_valid": ["batch", "cache_columns"]}
+INCREMENTAL_INPUTS = {
+    "mel": ["batch", N_MELS, "frames"], "new_valid": ["batch", "new_columns"],
+    "rope_cos": ["batch", "new_tokens", "half_head"], "rope_sin": ["batch", "new_tokens", "half_head"],
+    "past_local": ["batch", "local_tokens", "local_entry"], "local_valid": ["batch", "local_columns"],
+    "past_global": ["batch", "global_tokens", "global_entry"], "global_valid": ["batch", "global_columns"],
+}
 INCREMENTAL_OUTPUTS = {"columns": ["batch", "new_columns", "embed_dim"], "global_emb": ["batch", "embed_dim"],
-                       "new_cache": ["batch", "new_tokens", "entry"]}
+                       "new_local": ["batch", "new_tokens", "local_entry"],
+                       "new_global": ["batch", "new_tokens", "global_entry"]}
+FIXED_AXES = ("embed_dim", "half_head", "local_entry", "global_entry")
 INT8_MIN_COSINE = 0.99  # int8 vs fp32 incremental graph on the check batch; the eval tables are the real test
 TEXT_INPUTS = {"ids": ["batch", "tokens"], "mask": ["batch", "tokens"]}
 TEXT_OUTPUTS = {"text_emb": ["batch", "embed_dim"]}
@@ -89,7 +96,7 @@ class ExportableEncoder(nn.Module):
 
 
 def _dynamic_axes(shapes: dict[str, list]) -> dict[str, dict[int, str]]:
-    return {name: {i: d for i, d in enumerate(dims) if isinstance(d, str) and d != "embed_dim"}
+    return {name: {i: d for i, d in enumerate(dims) if isinstance(d, str) and d not in FIXED_AXES}
             for name, dims in shapes.items()}
 
 
@@ -113,16 +120,31 @@ def export_audio(model: SLAP, path: Path, opset: int = OPSET) -> None:
     )
 
 
+def cache_spec(model: SLAP):
+    """The incremental encoder's CacheSpec for this model (also written to the manifest)."""
+    from encoder.runtime.stream_cache import CacheSpec
+
+    cfg = model.cfg.audio
+    local, glob = entry_sizes(cfg.width, cfg.depth, cfg.pattern)
+    return CacheSpec(local, glob, local_columns(cfg.window_columns), cfg.width // cfg.heads, cfg.rope_base)
+
+
 def incremental_example(model: SLAP, seed: int = 0) -> tuple[np.ndarray, ...]:
     """A batch for the incremental graph: 3 streams, 4 new columns (one stream with 3), caches of
-    5, 2 and 0 columns (left padded). Returns mel, new_valid, cache, cache_valid."""
-    cfg = model.cfg.audio
+    5, 2 and 0 columns (left padded), at stream columns 40, 7 and 0."""
+    from encoder.runtime.stream_cache import rope_angles
+
+    spec = cache_spec(model)
     rng = np.random.default_rng(seed)
     mel = rng.standard_normal((3, N_MELS, 4 * PATCH_FRAMES)).astype(np.float32)
     new_valid = np.array([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1]], bool)
-    cache = (0.5 * rng.standard_normal((3, 5 * 4, entry_size(cfg.width, cfg.depth)))).astype(np.float32)
-    cache_valid = np.array([[1] * 5, [0, 0, 0, 1, 1], [0] * 5], bool)
-    return mel, new_valid, cache, cache_valid
+    cos, sin = rope_angles(np.array([40, 7, 0]), 4, spec.head_dim, spec.rope_base)
+    W = spec.local_columns
+    past_local = (0.5 * rng.standard_normal((3, 4 * W, spec.local_entry))).astype(np.float32)
+    local_valid = np.array([[1] * W, [0] * (W - 2) + [1, 1], [0] * W], bool)
+    past_global = (0.5 * rng.standard_normal((3, 5 * 4, spec.global_entry))).astype(np.float32)
+    global_valid = np.array([[1] * 5, [0, 0, 0, 1, 1], [0] * 5], bool)
+    return mel, new_valid, cos, sin, past_local, local_valid, past_global, global_valid
 
 
 def export_incremental(model: SLAP, path: Path, opset: int = OPSET) -> None:
@@ -130,9 +152,7 @@ def export_incremental(model: SLAP, path: Path, opset: int = OPSET) -> None:
     _quiet_export(
         IncrementalEncoder(model.audio).eval(), example, str(path),
         input_names=list(INCREMENTAL_INPUTS), output_names=list(INCREMENTAL_OUTPUTS),
-        dynamic_axes=_dynamic_axes(INCREMENTAL_INPUTS | INCREMENTAL_OUTPUTS) | {"cache": {0: "batch", 1: "cache_tokens"},
-                                                                              "new_cache": {0: "batch", 1: "new_tokens"}},
-        opset_version=opset, dynamo=False,
+        dynamic_axes=_dynamic_axes(INCREMENTAL_INPUTS | INCREMENTAL_OUTPUTS), opset_version=opset, dynamo=False,
     )
 
 
@@ -209,7 +229,8 @@ def verify_export(model: SLAP, export_dir: Path, seed: int = 0) -> dict[str, flo
         valid = inputs[1]
         figures[f"incremental_{precision}_global_min_cos"] = float(cosine_rows(ref[1], got[1]).min())
         figures[f"incremental_{precision}_columns_min_cos"] = float(cosine_rows(ref[0][valid], got[0][valid]).min())
-        figures[f"incremental_{precision}_cache_min_cos"] = float(cosine_rows(ref[2], got[2]).min())
+        figures[f"incremental_{precision}_cache_min_cos"] = float(min(cosine_rows(ref[2], got[2]).min(),
+                                                                      cosine_rows(ref[3], got[3]).min()))
     got_text = backend.embed_text(prompts)
     figures["text_min_cos"] = float(cosine_rows(ref_text, got_text).min())
     figures["text_max_abs"] = float(np.abs(ref_text - got_text).max())
@@ -252,7 +273,7 @@ def build_manifest(model: SLAP, model_file: Path, export_dir: Path, opset: int) 
             "sha256": file_hash(export_dir / INCREMENTAL_ONNX),
             "inputs": INCREMENTAL_INPUTS,
             "outputs": INCREMENTAL_OUTPUTS,
-            "entry": entry_size(cfg.audio.width, cfg.audio.depth),
+            **asdict(cache_spec(model)),
             "tokens_per_column": 4,
         },
         "text": {

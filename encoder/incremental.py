@@ -3,8 +3,8 @@ to the cached keys and values of the columns before them.
 
 The full-window engine re-encodes its whole context (10 s = 62 columns = 248 tokens) every
 0.5 s hop although only ~3 columns are new: 20 audio-seconds of encoder work per stream-second.
-Here a hop costs its new tokens only (~12.5 per 0.5 s hop), ~16x less, because every layer keeps,
-per stream, the keys and values its earlier tokens produced:
+Here a hop costs its new tokens only (~12.5 per 0.5 s hop), because every layer keeps, per
+stream, the keys and values its earlier tokens produced:
 
     new tokens x (B, 4n, D) --block l--> queries of x attend to [cached K/V of layer l | K/V of x]
     final tokens -> MAP head keys/values, cached too, so the global embedding pools the whole
@@ -13,23 +13,33 @@ per stream, the keys and values its earlier tokens produced:
 What changes against the full window: a cached token was computed when it was the newest, so it
 never sees the audio that came after its own hop (block-causal attention). The newest columns,
 the ones the detector scores (lookback 0), see the same left context in both modes; what differs
-is that their left context was itself computed without right context. `main.py eval --stream`
+is that their left context was itself computed without right context. `main.py eval --variants`
 measures the effect on every table; docs/capacity.md has the figures.
 
-Positions: keys are cached *before* RoPE and rotated at every call with positions relative to the
-cache's first column, so a stream can run for days without positions growing (q.k depends only on
-column differences, so this equals rotating once with absolute positions).
+Two caches per stream, because a local (sliding-window) block only ever looks back
+`window_columns // 2` columns while a global block and the MAP head look at the whole context:
+    local   the local blocks' keys | values of the newest `local_columns` columns
+    global  the global blocks' keys | values and the MAP head's keys | values, whole context
+One cache entry per token is a flat vector, blocks in layer order, each [k (heads major) | v]:
+    local entry  = 2 D x (local blocks)      global entry = 2 D x (global blocks + 1)
+so each cache of a stream is one contiguous (4c, entry) array and a batch one (B, 4c, entry).
 
-One cache entry per token, a flat vector of ENTRY = (2 L + 2) D floats:
-    [k_0 | v_0 | k_1 | v_1 | ... | k_{L-1} | v_{L-1} | map_k | map_v]   (k_i pre-rotation, heads major)
-so a stream's cache is one contiguous (4c, ENTRY) array and a batch is one (B, 4T, ENTRY) tensor.
+Keys are cached after RoPE. The rotation angles of the new tokens come in as inputs (`rope_cos`,
+`rope_sin`), computed by the caller in float64 from the stream's column number modulo 2 pi
+(encoder.runtime.stream_cache.rope_angles), so positions can grow for days without losing
+precision; q.k depends only on column differences, so any origin gives the same attention.
 
-Shapes, with T cached columns (4T tokens) and n new columns:
-    mel         (B, 64, 16 n)  the new columns' normalised log-mel
-    new_valid   (B, n) bool    which new columns are real (streams in a batch differ in n)
-    cache       (B, 4T, ENTRY) the cached tokens' entries, left padded
-    cache_valid (B, T) bool    which cached columns are real (a stream's c columns are the last c)
-Returns columns (B, n, E), global_emb (B, E) and new_cache (B, 4n, ENTRY), the new tokens' entries.
+Shapes, with T cached columns (4T tokens), W <= local_columns cached local columns, n new columns,
+hd = D / heads:
+    mel           (B, 64, 16 n)   the new columns' normalised log-mel
+    new_valid     (B, n) bool     which new columns are real (streams in a batch differ in n)
+    rope_cos/sin  (B, 4n, hd / 2) the new tokens' rotation (time angles | frequency angles)
+    past_local    (B, 4W, 2 D x local blocks)       left padded
+    local_valid   (B, W) bool
+    past_global   (B, 4T, 2 D x (global blocks + 1)) left padded
+    global_valid  (B, T) bool
+Returns columns (B, n, E), global_emb (B, E), new_local (B, 4n, ...), new_global (B, 4n, ...):
+the new tokens' entries for both caches.
 """
 
 from __future__ import annotations
@@ -42,19 +52,21 @@ from encoder.frontend import FREQ_PATCHES
 from encoder.model import AudioEncoder, Rotary
 
 
-def entry_size(width: int, depth: int) -> int:
-    """Floats per cached token: keys and values of every layer plus the MAP head's."""
-    return (2 * depth + 2) * width
+def cache_layout(audio: AudioEncoder) -> tuple[list[int], list[int]]:
+    """(local block indices, global block indices) in layer order."""
+    local = [i for i, b in enumerate(audio.blocks) if b.local]
+    return local, [i for i in range(len(audio.blocks)) if i not in local]
 
 
-def token_grid(valid_columns: torch.Tensor, first_column: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """valid_columns: (B, C) bool -> pos_t, pos_f, valid: (B, 4C) per token, pos_t from first_column."""
-    B, C = valid_columns.shape
-    idx = torch.arange(C * FREQ_PATCHES, device=valid_columns.device)
-    pos_t = (first_column + idx // FREQ_PATCHES)[None].expand(B, -1)
-    pos_f = (idx % FREQ_PATCHES)[None].expand(B, -1)
-    valid = valid_columns.repeat_interleave(FREQ_PATCHES, dim=1)
-    return pos_t, pos_f, valid
+def entry_sizes(width: int, depth: int, pattern: str) -> tuple[int, int]:
+    """Floats per cached token: (local entry, global entry incl. the MAP head's keys | values)."""
+    n_local = sum(1 for i in range(depth) if pattern[i % len(pattern)] == "L")
+    return 2 * width * n_local, 2 * width * (depth - n_local + 1)
+
+
+def local_columns(window_columns: int) -> int:
+    """Columns a local block looks back: the +-window_columns // 2 neighbourhood's left half."""
+    return window_columns // 2
 
 
 class IncrementalEncoder(nn.Module):
@@ -63,64 +75,78 @@ class IncrementalEncoder(nn.Module):
     def __init__(self, audio: AudioEncoder):
         super().__init__()
         self.audio = audio
-        self.half_window = audio.cfg.window_columns // 2
+        self.half_window = local_columns(audio.cfg.window_columns)
+        self.local_blocks, self.global_blocks = cache_layout(audio)
 
     def forward(
         self,
         mel: torch.Tensor,
         new_valid: torch.Tensor,
-        cache: torch.Tensor,
-        cache_valid: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rope_cos: torch.Tensor,
+        rope_sin: torch.Tensor,
+        past_local: torch.Tensor,
+        local_valid: torch.Tensor,
+        past_global: torch.Tensor,
+        global_valid: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         a = self.audio
-        T = cache_valid.shape[1]
         x = a.embed(mel)  # (B, 4n, D)
         B, N, D = x.shape
         H = a.blocks[0].attn.heads
         hd = D // H
-        M = cache.shape[1]  # 4T
-        past = cache.view(B, M, len(a.blocks) + 1, 2, H, hd).permute(2, 3, 0, 4, 1, 5)  # (L+1, 2, B, H, M, hd)
-        qt, qf, q_valid = token_grid(new_valid, T)
-        kt_c, kf_c, k_valid_c = token_grid(cache_valid, 0)
-        kt, kf = torch.cat([kt_c, qt], 1), torch.cat([kf_c, qf], 1)
-        k_valid = torch.cat([k_valid_c, q_valid], 1)  # (B, 4T + 4n)
-        q_cos, q_sin = a.rotary.angles(qt, qf)
-        k_cos, k_sin = a.rotary.angles(kt, kf)
-        # A padding query attends to itself only, which keeps its (discarded) output finite.
-        pad_self = (torch.arange(N, device=x.device)[:, None] + 4 * T == torch.arange(4 * T + N, device=x.device)[None])
-        pad_self = pad_self[None] & ~q_valid[:, :, None]  # (B, N, 4T + N)
-        global_mask = (k_valid[:, None, :] & q_valid[:, :, None]) | pad_self
-        near = (qt[:, :, None] - kt[:, None, :]).abs() <= self.half_window
-        local_mask = (global_mask & near) | pad_self
-        new_k, new_v = [], []
+        cos, sin = rope_cos[:, None], rope_sin[:, None]  # (B, 1, N, hd/2)
+        q_valid = new_valid.repeat_interleave(FREQ_PATCHES, dim=1)  # (B, N)
+        q_col = torch.arange(N, device=x.device) // FREQ_PATCHES  # new column of each query
+        masks = {}
+        for kind, valid in (("local", local_valid), ("global", global_valid)):
+            past = valid.repeat_interleave(FREQ_PATCHES, dim=1)  # (B, 4W) or (B, 4T)
+            keys_valid = torch.cat([past, q_valid], 1)
+            mask = keys_valid[:, None, :] & q_valid[:, :, None]  # (B, N, M + N)
+            if kind == "local":  # new keys: within the window of the query's column
+                near = (q_col[:, None] - q_col[None, :]).abs() <= self.half_window  # (N, N)
+                # cached local columns are the newest W before the hop: query column j reaches those within the window
+                W = valid.shape[1]
+                past_col = torch.arange(4 * W, device=x.device) // FREQ_PATCHES - W  # -W .. -1
+                reach = (q_col[:, None] - past_col[None, :]) <= self.half_window  # (N, 4W)
+                mask = mask & torch.cat([reach, near], 1)[None]
+            # a padding query attends to itself only, which keeps its (discarded) output finite
+            pad_self = torch.arange(N, device=x.device)[:, None] + past.shape[1] == torch.arange(
+                past.shape[1] + N, device=x.device)[None]
+            masks[kind] = (mask | (pad_self[None] & ~q_valid[:, :, None]))[:, None]
+            masks[kind + "_valid"] = keys_valid
+        past_l = past_local.view(B, past_local.shape[1], -1, 2, H, hd)
+        past_g = past_global.view(B, past_global.shape[1], -1, 2, H, hd)
+        new_l, new_g = [], []
         for i, block in enumerate(a.blocks):
             h = block.norm1(x)
             q, k, v = block.attn.qkv(h).view(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)  # (B, H, N, hd)
-            new_k.append(k)
-            new_v.append(v)
-            keys = Rotary.rotate(torch.cat([past[i, 0], k], 2), k_cos, k_sin)
-            values = torch.cat([past[i, 1], v], 2)
-            mask = (local_mask if block.local else global_mask)[:, None]
-            y = F.scaled_dot_product_attention(Rotary.rotate(q, q_cos, q_sin), keys, values, attn_mask=mask)
+            q, k = Rotary.rotate(q, cos, sin), Rotary.rotate(k, cos, sin)
+            if block.local:
+                slot, past, out, kind = self.local_blocks.index(i), past_l, new_l, "local"
+            else:
+                slot, past, out, kind = self.global_blocks.index(i), past_g, new_g, "global"
+            out.append(torch.stack([k, v], 2))  # (B, H, 2, N, hd)
+            pk = past[:, :, slot, 0].transpose(1, 2)  # (B, H, M, hd)
+            pv = past[:, :, slot, 1].transpose(1, 2)
+            y = F.scaled_dot_product_attention(q, torch.cat([pk, k], 2), torch.cat([pv, v], 2), attn_mask=masks[kind])
             x = x + block.attn.proj(y.transpose(1, 2).reshape(B, N, D))
             x = x + block.mlp(block.norm2(x))
         tokens = a.norm(x)
-        new_map = a.map_head.kv(tokens)  # (B, N, 2D)
-        cached_map = past[-1].permute(1, 3, 0, 2, 4).reshape(B, M, 2 * D)  # (2, B, H, M, hd) -> (B, M, 2D)
-        pooled = self.pool(torch.cat([cached_map, new_map], 1), k_valid)
+        new_map = a.map_head.kv(tokens).view(B, N, 2, H, hd)  # (B, N, 2, H, hd)
+        cached_map = past_g[:, :, -1]  # (B, M, 2, H, hd)
+        pooled = self.pool(torch.cat([cached_map, new_map], 1), masks["global_valid"])
         columns = tokens.view(B, N // FREQ_PATCHES, FREQ_PATCHES, D).mean(2)
-        # (L, 2, B, H, N, hd) -> (B, N, L, 2, H, hd) -> (B, N, 2 L D), then the MAP head's (B, N, 2D)
-        kv = torch.stack([torch.stack(new_k), torch.stack(new_v)], 1).permute(2, 4, 0, 1, 3, 5).reshape(B, N, -1)
-        return a.dense_proj(columns), a.global_proj(pooled), torch.cat([kv, new_map], 2)
+        # (B, H, 2, N, hd) per block -> (B, N, blocks, 2, H, hd) -> (B, N, entry)
+        new_local = torch.stack(new_l, 1).permute(0, 4, 1, 3, 2, 5).reshape(B, N, -1)
+        new_global = torch.cat([torch.stack(new_g, 1).permute(0, 4, 1, 3, 2, 5), new_map[:, :, None]], 2).reshape(B, N, -1)
+        return a.dense_proj(columns), a.global_proj(pooled), new_local, new_global
 
     def pool(self, kv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """The MAP head from its keys | values: kv (B, M, 2D), valid (B, M) -> (B, D)."""
+        """The MAP head from its keys | values: kv (B, M, 2, H, hd), valid (B, M) -> (B, D)."""
         head = self.audio.map_head
-        B, M, D2 = kv.shape
-        D = D2 // 2
-        hd = D // head.heads
-        k, v = kv.view(B, M, 2, head.heads, hd).permute(2, 0, 3, 1, 4)  # (B, H, M, hd)
-        q = head.q(head.query).view(1, head.heads, 1, hd).expand(B, -1, -1, -1)
+        B, M, _, H, hd = kv.shape
+        k, v = kv.permute(2, 0, 3, 1, 4)  # (B, H, M, hd) each
+        q = head.q(head.query).view(1, H, 1, hd).expand(B, -1, -1, -1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :])  # (B, H, 1, hd)
-        y = head.proj(y.transpose(1, 2).reshape(B, D))
+        y = head.proj(y.transpose(1, 2).reshape(B, H * hd))
         return y + head.mlp(head.norm(y))

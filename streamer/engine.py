@@ -325,7 +325,7 @@ class Engine:
             state = StreamState(name, StreamContext(c.max_context_s, c.hop_s, c.gap_policy, c.max_gap_s),
                                 {label: self._detector(label) for label in self.matcher.labels})
             if self.incremental:
-                state.cache = StreamCache(state.context.window_frames // PATCH_FRAMES, self.backend.cache_entry)
+                state.cache = StreamCache(state.context.window_frames // PATCH_FRAMES, self.backend.cache_spec)
             self.streams[name] = state
             log.info("stream %s: first frame", name)
         return state

@@ -114,8 +114,11 @@ def test_manifest(export_dir, model_file, torch_model):
         "frame_bias": torch_model.frame_loss.bias.item(),
         "clap_logit_scale": torch_model.clap_loss.logit_scale.item(),
     })
-    assert min(v for k, v in m["parity"].items() if k.endswith("_cos")) >= export_mod.MIN_COSINE
+    assert min(v for k, v in m["parity"].items() if k.endswith("_cos") and "int8" not in k) >= export_mod.MIN_COSINE
+    assert min(v for k, v in m["parity"].items() if "int8" in k) >= export_mod.INT8_MIN_COSINE
     assert m["audio"]["sha256"] == file_hash(export_dir / AUDIO_ONNX)
+    assert m["incremental"]["inputs"]["cache"] == ["batch", "cache_tokens", "entry"]
+    assert all((export_dir / m["incremental"][f]).is_file() for f in ("file", "int8_file"))
 
 
 def test_export_cache_hit_by_hash(export_dir, model_file, cache_dir, monkeypatch, tmp_path):

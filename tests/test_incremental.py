@@ -17,9 +17,8 @@ import torch
 import encoder.export as export_mod
 from encoder.checkpoint import load_model
 from encoder.export import cosine_rows
-from encoder.incremental import IncrementalEncoder, entry_size
 from encoder.runtime.onnx_backend import OnnxBackend
-from encoder.runtime.stream_cache import StreamCache, batch_inputs, encode_new_columns
+from encoder.runtime.stream_cache import CacheSpec, StreamCache, batch_inputs, encode_new_columns, rope_angles
 from encoder.runtime.torch_backend import TorchBackend
 from streamer.config import ConfigError, parse_config
 
@@ -43,7 +42,8 @@ def mel_columns(n: int, seed: int) -> np.ndarray:
 
 def stream(backend, mel: np.ndarray, hops: list[int], max_columns: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Feed mel (1, 64, T) hop by hop (hops: new columns per hop); returns per-hop columns, globals."""
-    cache = StreamCache(max_columns, backend.cache_entry)
+    cache = StreamCache(max_columns, backend.cache_spec)
+    cache.clear(1_000_000)  # a stream that has run for ~44 hours: positions far from any seen in training
     cols, globs, at = [], [], 0
     for n in hops:
         c, g = encode_new_columns(backend, mel[:, :, at * COLS : (at + n) * COLS], np.array([n]), [cache])
@@ -54,17 +54,27 @@ def stream(backend, mel: np.ndarray, hops: list[int], max_columns: int) -> tuple
 
 
 def test_one_hop_from_an_empty_cache_is_the_full_window_encoder(model_file):
-    model = load_model(model_file)
-    mel = torch.from_numpy(mel_columns(20, 0))
-    full = model.audio(mel, torch.tensor([20 * COLS]))
-    D, L = model.cfg.audio.width, model.cfg.audio.depth
-    empty = torch.zeros(1, 4, entry_size(D, L))
+    backend = TorchBackend(model_file)
+    mel = mel_columns(20, 0)
     with torch.no_grad():
-        cols, glob, new_cache = IncrementalEncoder(model.audio)(mel, torch.ones(1, 20, dtype=torch.bool), empty,
-                                                                torch.zeros(1, 1, dtype=torch.bool))
-    assert new_cache.shape == (1, 80, entry_size(D, L))
-    torch.testing.assert_close(cols, full.columns, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(glob, full.global_emb, atol=1e-5, rtol=1e-4)
+        full = backend.model.audio(torch.from_numpy(mel), torch.tensor([20 * COLS]))
+    for start in (0, 123_457):  # any stream position: attention sees only column differences
+        cache = StreamCache(62, backend.cache_spec)
+        cache.clear(start)
+        cols, glob = encode_new_columns(backend, mel, np.array([20]), [cache])
+        np.testing.assert_allclose(cols, full.columns.numpy(), atol=2e-4, rtol=1e-3)
+        np.testing.assert_allclose(glob, full.global_emb.numpy(), atol=2e-4, rtol=1e-3)
+        assert (cache.first_column, cache.end_column) == (start, start + 20)
+
+
+def test_the_rope_angles_are_those_of_the_model_for_the_first_columns(model_file):
+    model = load_model(model_file)
+    spec = TorchBackend(model_file).cache_spec
+    cos, sin = rope_angles(np.array([0]), 5, spec.head_dim, spec.rope_base)
+    tok = torch.arange(20)[None]
+    ref_cos, ref_sin = model.audio.rotary.angles(tok // 4, tok % 4)
+    np.testing.assert_allclose(cos, ref_cos[:, 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(sin, ref_sin[:, 0].numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("precision,min_cos", [("fp32", 0.9999), ("int8", 0.99)])
@@ -84,15 +94,14 @@ def test_a_batch_of_streams_gives_what_each_stream_gives_alone(export_dir):
     alone, caches = [], []
     for i, (p, n) in enumerate(zip(past, new)):
         mel = mel_columns(p + n, 10 + i)
-        cache = StreamCache(8, backend.cache_entry)
-        if p:
-            encode_new_columns(backend, mel[:, :, : p * COLS], np.array([p]), [cache])
-        twin = StreamCache(8, backend.cache_entry)
-        twin.append(cache.view().copy())
-        twin.end_column = cache.end_column
+        cache, twin = StreamCache(8, backend.cache_spec), StreamCache(8, backend.cache_spec)
+        for c in (cache, twin):
+            c.clear(100 * i)
+            if p:
+                encode_new_columns(backend, mel[:, :, : p * COLS], np.array([p]), [c])
         caches.append((cache, mel[:, :, p * COLS :]))
         c, g = encode_new_columns(backend, mel[:, :, p * COLS :], np.array([n]), [twin])
-        alone.append((c[0, :n], g[0], twin.view().copy()))
+        alone.append((c[0, :n], g[0], [v.copy() for v in twin.views()]))
     batch_mel = np.zeros((3, 64, max(new) * COLS), np.float32)
     for i, (_, m) in enumerate(caches):
         batch_mel[i, :, : m.shape[-1]] = m[0]
@@ -100,27 +109,35 @@ def test_a_batch_of_streams_gives_what_each_stream_gives_alone(export_dir):
     for i, (c_alone, g_alone, cache_alone) in enumerate(alone):
         assert cosine_rows(cols[i, : new[i]], c_alone).min() > 0.99999
         assert cosine_rows(globs[i][None], g_alone[None]).min() > 0.99999
-        np.testing.assert_allclose(caches[i][0].view(), cache_alone, atol=1e-4)
+        for got, ref in zip(caches[i][0].views(), cache_alone):
+            np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+SPEC = CacheSpec(local_entry=2, global_entry=3, local_columns=3, head_dim=8, rope_base=10000.0)
 
 
 def test_the_cache_keeps_the_newest_columns_as_one_view():
-    cache = StreamCache(max_columns=5, entry=3)
-    entries = np.arange(4 * 13 * 3, dtype=np.float32).reshape(4 * 13, 3)  # 13 columns of 4 tokens
+    cache = StreamCache(max_columns=5, spec=SPEC)
+    glob = np.arange(4 * 13 * 3, dtype=np.float32).reshape(4 * 13, 3)  # 13 columns of 4 tokens
+    local = -np.arange(4 * 13 * 2, dtype=np.float32).reshape(4 * 13, 2)
     for lo, hi in ((0, 2), (2, 6), (6, 7), (7, 13)):
-        cache.append(entries[4 * lo : 4 * hi])
+        cache.append(local[4 * lo : 4 * hi], glob[4 * lo : 4 * hi])
     assert (cache.first_column, cache.end_column, cache.columns) == (8, 13, 5)
-    np.testing.assert_array_equal(cache.view(), entries[4 * 8 :])
+    got_local, got_global = cache.views()
+    np.testing.assert_array_equal(got_global, glob[4 * 8 :])  # the whole context
+    np.testing.assert_array_equal(got_local, local[4 * 10 :])  # what a local block can reach
     cache.clear(100)
-    assert (cache.first_column, cache.end_column, cache.view().shape) == (100, 100, (0, 3))
+    assert (cache.first_column, cache.end_column, cache.views()[1].shape) == (100, 100, (0, 3))
 
 
 def test_a_batch_left_pads_shorter_caches_and_masks_the_padding():
-    a, b = StreamCache(4, 2), StreamCache(4, 2)
-    a.append(np.ones((12, 2), np.float32))
-    cache, valid = batch_inputs([a, b])
-    assert cache.shape == (2, 12, 2) and valid.tolist() == [[True] * 3, [False] * 3]
-    cache, valid = batch_inputs([b])
-    assert cache.shape == (1, 4, 2) and not valid.any()  # one masked column: never a zero-length axis
+    a, b = StreamCache(4, SPEC), StreamCache(4, SPEC)
+    a.append(np.ones((8, 2), np.float32), np.ones((8, 3), np.float32))
+    past_local, local_valid, past_global, global_valid = batch_inputs([a, b])
+    assert past_global.shape == (2, 8, 3) and global_valid.tolist() == [[True] * 2, [False] * 2]
+    assert past_local.shape == (2, 8, 2) and local_valid.tolist() == [[True] * 2, [False] * 2]
+    _, _, past_global, global_valid = batch_inputs([b])
+    assert past_global.shape == (1, 4, 3) and not global_valid.any()  # one masked column: never a zero-length axis
 
 
 def test_lookback_needs_the_window_encoder():

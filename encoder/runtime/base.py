@@ -7,9 +7,8 @@ An export directory (written by `encoder.export`) holds:
     manifest.json        model hash, opset, shapes, embed_dim, max_len, score calibration
     audio_encoder.onnx   mel (B, 64, T) float32, lengths (B,) int64
                          -> columns (B, C, E) float32, column_valid (B, C) bool, global_emb (B, E) float32
-    audio_incremental.onnx       one hop of the incremental encoder (encoder/incremental.py):
-                         mel (B, 64, 16 n), new_valid (B, n) bool, cache (B, 4T, ENTRY), cache_valid (B, T)
-                         -> columns (B, n, E), global_emb (B, E), new_cache (B, 4n, ENTRY)
+    audio_incremental.onnx       one hop of the incremental encoder (inputs, outputs, shapes:
+                                 encoder/incremental.py), the per-stream caches in, their new entries out
     audio_incremental.int8.onnx  the same, int8 weights (ONNX Runtime dynamic quantisation)
     text_tower.onnx      ids (B, L) int64, mask (B, L) int64 -> text_emb (B, E) float32
     tokenizer.json       the MiniLM WordPiece tokenizer (`tokenizers` format)

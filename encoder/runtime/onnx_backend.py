@@ -10,6 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from encoder.runtime.base import BackendError, PromptTokenizer, check_inputs, read_manifest
+from encoder.runtime.stream_cache import CacheSpec
+
+# the incremental graph's inputs and outputs, in encoder/incremental.py's order
+INCREMENTAL_INPUTS = ("mel", "new_valid", "rope_cos", "rope_sin", "past_local", "local_valid", "past_global",
+                      "global_valid")
+INCREMENTAL_OUTPUTS = ["columns", "global_emb", "new_local", "new_global"]
 
 PRECISIONS = ("fp32", "int8")
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -86,7 +92,7 @@ class OnnxBackend:
         inc = self.manifest["incremental"]
         self._incremental = None  # opened on first use: an evaluation of the full window never pays for it
         self._incremental_file = export_dir / inc["file" if precision == "fp32" else "int8_file"]
-        self.cache_entry = int(inc["entry"])
+        self.cache_spec = CacheSpec.from_manifest(inc)
         self.text = OnnxTextTower(export_dir, self.manifest, threads, self.providers, spin)
         self._outputs = list(self.manifest["audio"]["outputs"])  # columns, column_valid, global_emb
 
@@ -95,16 +101,13 @@ class OnnxBackend:
         columns, column_valid, global_emb = self.audio.run(self._outputs, {"mel": mel, "lengths": lengths})
         return columns, column_valid, global_emb
 
-    def incremental(self, mel: np.ndarray, new_valid: np.ndarray, cache: np.ndarray,
-                    cache_valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One hop of the incremental encoder (shapes in encoder/runtime/base.py); see
-        encoder.runtime.stream_cache.encode_new_columns for the per-stream bookkeeping."""
+    def incremental(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """One hop of the incremental encoder: inputs and outputs in encoder/incremental.py's order;
+        encoder.runtime.stream_cache.encode_new_columns does the per-stream bookkeeping."""
         if self._incremental is None:
             self._incremental = _session(self._incremental_file, self.threads, self.providers, self.spin)
-        feeds = {"mel": np.ascontiguousarray(mel, np.float32), "new_valid": np.ascontiguousarray(new_valid, bool),
-                 "cache": cache, "cache_valid": np.ascontiguousarray(cache_valid, bool)}
-        columns, global_emb, new_cache = self._incremental.run(["columns", "global_emb", "new_cache"], feeds)
-        return columns, global_emb, new_cache
+        feeds = dict(zip(INCREMENTAL_INPUTS, inputs))
+        return tuple(self._incremental.run(INCREMENTAL_OUTPUTS, feeds))
 
     def embed_text(self, prompts: list[str]) -> np.ndarray:
         return self.text(prompts)

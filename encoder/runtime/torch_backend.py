@@ -24,8 +24,9 @@ class TorchBackend:
         self.model_file, self.threads = Path(model_file), threads
         self.model = load_model(model_file)  # float32, eval mode
         self.model_hash = file_hash(model_file)
-        cfg = self.model.cfg.audio
-        self.cache_entry = (2 * cfg.depth + 2) * cfg.width  # = encoder.incremental.entry_size
+        from encoder.export import cache_spec
+
+        self.cache_spec = cache_spec(self.model)
         self._incremental = None
 
     def encode(self, mel: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -34,8 +35,7 @@ class TorchBackend:
             out = self.model.audio(self._torch.from_numpy(mel), self._torch.from_numpy(lengths))
         return out.columns.numpy(), out.column_valid.numpy(), out.global_emb.numpy()
 
-    def incremental(self, mel: np.ndarray, new_valid: np.ndarray, cache: np.ndarray,
-                    cache_valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def incremental(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
         """One hop of encoder.incremental.IncrementalEncoder (the reference of the exported graph)."""
         t = self._torch
         if self._incremental is None:
@@ -43,7 +43,7 @@ class TorchBackend:
 
             self._incremental = IncrementalEncoder(self.model.audio).eval()
         with t.inference_mode():
-            out = self._incremental(*(t.from_numpy(np.array(a)) for a in (mel, new_valid, cache, cache_valid)))
+            out = self._incremental(*(t.from_numpy(np.array(a)) for a in inputs))
         return tuple(o.numpy() for o in out)
 
     def embed_text(self, prompts: list[str]) -> np.ndarray:
