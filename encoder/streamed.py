@@ -1,0 +1,177 @@
+"""A clip replayed hop by hop through the incremental encoder, as the engine encodes a stream, so
+`main.py eval --variants` can score "ours" the way it runs beside the whole-clip reference.
+
+The engine (streamer/engine.py, context.encoder "incremental") takes a hop every hop_s of audio
+(50 log-mel frames for 0.5 s), on a grid from the stream's start; the hop's window ends on the last
+whole 160 ms column, and only the columns after the stream's cache are encoded
+(`encode_new_columns`), against the keys/values of at most context_s of earlier columns. At the
+stream's end the audio after the last hop is scored once more (`Engine._score_tail`): its whole
+columns plus a partial column of half a column or more completed with silence, or one padded
+column for a clip shorter than one (`frontend.scored_columns`), not committed to the cache.
+
+Here the whole clip's log-mel is computed once and sliced into those hops: the front end is
+causal, so frame i of `log_mel(pad_to_columns(x))` is the frame the stream's `StreamingLogMel`
+gives, and the padded tail's frames are those of the silence the engine appends.
+
+    columns, glob = stream_clip(backend, audio)   # (C, E) each column as its hop saw it, (E,) last hop
+
+Variants (`VARIANTS`): how "ours" is run, each one more system in the evaluation tables:
+    stream       incremental, fp32 (the engine's default)
+    stream-int8  incremental, int8 weights (model.precision int8)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from encoder.frontend import (
+    FRAMES_PER_SECOND,
+    HOP_LENGTH,
+    PATCH_FRAMES,
+    log_mel,
+    n_columns,
+    pad_to_columns,
+    scored_columns,
+)
+from encoder.runtime.stream_cache import StreamCache, encode_new_columns
+
+HOP_S = 0.5  # = streamer.config ContextConfig.hop_s's default
+CONTEXT_S = 10.0  # = ContextConfig.max_context_s's default
+MAX_CONTEXT_S = 30.0  # = streamer.context.MAX_CONTEXT_S (the encoder's longest training clip)
+BATCH = 16  # clips streamed side by side in evaluation: ~4x the clips per second of one at a time
+
+
+def hop_ends(n_samples: int, hop_s: float = HOP_S, context_s: float = CONTEXT_S) -> list[int]:
+    """The stream column after each encoder call the engine makes for a clip of n_samples: one per
+    due hop, then the end-of-stream tail's when it adds a column. The last is
+    `frontend.scored_columns(n_samples)`.
+
+    Raises ValueError (one line) for a hop or context the engine's config would refuse."""
+    window_frames = n_columns(round(context_s * FRAMES_PER_SECOND)) * PATCH_FRAMES
+    hop_frames = round(hop_s * FRAMES_PER_SECOND)
+    if not 0 < context_s <= MAX_CONTEXT_S or window_frames == 0:
+        raise ValueError(f"context_s: expected {PATCH_FRAMES / FRAMES_PER_SECOND} to {MAX_CONTEXT_S} s, got {context_s}")
+    if not PATCH_FRAMES <= hop_frames <= window_frames:
+        raise ValueError(f"hop_s: expected {PATCH_FRAMES / FRAMES_PER_SECOND} s (one column) to context_s "
+                         f"({context_s}), got {hop_s}")
+    frames = n_samples // HOP_LENGTH  # complete log-mel frames of the real audio: hops fall due on them
+    ends = [k * hop_frames // PATCH_FRAMES for k in range(1, frames // hop_frames + 1)]
+    total = scored_columns(n_samples)
+    if not ends or total > ends[-1]:
+        ends.append(total)
+    return ends
+
+
+def new_stream_cache(backend, max_columns: int) -> StreamCache:
+    """An empty cache for one stream, as the engine makes it. StreamCache takes the backend's
+    `cache_spec`, or, before encoder/runtime's split into local and global caches, its
+    `cache_entry` (drop this fallback once every backend has cache_spec)."""
+    spec = getattr(backend, "cache_spec", None)
+    return StreamCache(max_columns, spec if spec is not None else backend.cache_entry)
+
+
+def stream_clip(backend, audio_16k: np.ndarray, hop_s: float = HOP_S,
+                context_s: float = CONTEXT_S) -> tuple[np.ndarray, np.ndarray]:
+    """audio_16k (N,) float32 16 kHz mono -> columns (C, E), each column's embedding from the hop
+    that first encoded it, and global (E,), the last call's MAP pooling of the cached context and
+    its new columns; neither normalised. C = scored_columns(N). backend: anything with
+    `incremental` and a cache spec (OnnxBackend, fp32 or int8; TorchBackend)."""
+    return stream_clips(backend, [audio_16k], hop_s, context_s, batch=1)[0]
+
+
+def stream_clips(backend, audio: list[np.ndarray], hop_s: float = HOP_S, context_s: float = CONTEXT_S,
+                 batch: int = BATCH) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`stream_clip` of each clip, `batch` clips at a time as parallel streams, one encoder call per
+    hop for all of them (as the engine batches its streams' due hops; a row's result equals the
+    clip alone up to float rounding). Clips are grouped by length so that the batches stay full."""
+    calls = [hop_ends(len(x), hop_s, context_s) for x in audio]
+    max_columns = n_columns(round(context_s * FRAMES_PER_SECOND))
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    order = sorted(range(len(audio)), key=lambda i: len(audio[i]))
+    for lo in range(0, len(order), batch):
+        group = order[lo : lo + batch]
+        mels = [log_mel(pad_to_columns(audio[i])) for i in group]
+        # a hop never brings more columns than the window holds, so the cache always continues it
+        # (the engine's cache.clear for a window that does not is never taken within one clip)
+        caches = [new_stream_cache(backend, max_columns) for _ in group]
+        columns: list[list[np.ndarray]] = [[] for _ in group]
+        for k in range(max(len(calls[i]) for i in group)):
+            rows = [r for r, i in enumerate(group) if k < len(calls[i])]
+            ends = [calls[group[r]][k] for r in rows]
+            new = [end - caches[r].end_column for r, end in zip(rows, ends)]
+            mel = np.zeros((len(rows), mels[0].shape[0], max(new) * PATCH_FRAMES), np.float32)
+            for j, (r, end, n) in enumerate(zip(rows, ends, new)):
+                mel[j, :, : n * PATCH_FRAMES] = mels[r][:, (end - n) * PATCH_FRAMES : end * PATCH_FRAMES]
+            # The engine scores the end-of-stream tail without committing it to the cache;
+            # committing it here too changes nothing, as it is the clip's last call.
+            cols, glob = encode_new_columns(backend, mel, np.array(new), [caches[r] for r in rows])
+            for j, (r, n) in enumerate(zip(rows, new)):
+                columns[r].append(cols[j, :n])
+                if k == len(calls[group[r]]) - 1:
+                    out[group[r]] = (np.concatenate(columns[r]), glob[j].copy())
+    return [out[i] for i in range(len(audio))]
+
+
+def whole_clip(backend, audio_16k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: the whole clip in one window of the full-window encoder. A clip shorter than
+    one column is padded to one. Returns columns (C, E) (the valid ones) and global (E,)."""
+    mel = log_mel(pad_to_columns(audio_16k))[None]
+    cols, valid, glob = backend.encode(mel, np.array([mel.shape[-1]], np.int64))
+    return cols[0][valid[0]], glob[0]
+
+
+# clips -> each clip's (columns (C, E), global (E,)), not normalised
+ClipEncoder = Callable[[list[np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Hop by hop through the incremental encoder (the full-window encoder is fp32 only)."""
+
+    name: str  # as given to --variants
+    precision: str  # the incremental encoder's weights: fp32 | int8
+
+    @property
+    def system(self) -> str:
+        """Its column in the tables and its key in --json."""
+        return f"ours-{self.name}"
+
+
+VARIANTS = {v.name: v for v in (Variant("stream", "fp32"), Variant("stream-int8", "int8"))}
+
+
+def parse_variants(text: str | None) -> list[Variant]:
+    """"stream,stream-int8" -> [Variant, ...] (empty for None or ""); ValueError (one line) for an
+    unknown or repeated name."""
+    names = [n.strip() for n in (text or "").split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"--variants: unknown variant {unknown[0]!r}; expected a comma-separated list of "
+                         f"{', '.join(VARIANTS)}")
+    if len(set(names)) < len(names):
+        raise ValueError(f"--variants: a variant is named twice in {text!r}")
+    return [VARIANTS[n] for n in names]
+
+
+@dataclass(frozen=True)
+class OurSystem:
+    """One way of running our model: its backend (the text tower too) and its clip encoder."""
+
+    backend: object
+    encode: ClipEncoder
+
+
+def open_systems(variants: list[Variant], model: str, cache_dir: str, threads: int) -> dict[str, OurSystem]:
+    """{"ours": the whole-clip reference, then one system per variant}, on ONNX Runtime. The fp32
+    variant shares the reference's backend (its incremental session opens on first use)."""
+    from encoder.runtime import open_backend
+
+    fp32 = open_backend("onnx", model, cache_dir, threads)
+    systems = {"ours": OurSystem(fp32, lambda clips: [whole_clip(fp32, x) for x in clips])}
+    for v in variants:
+        b = fp32 if v.precision == "fp32" else open_backend("onnx", model, cache_dir, threads, precision=v.precision)
+        systems[v.system] = OurSystem(b, lambda clips, b=b: stream_clips(b, clips))
+    return systems
