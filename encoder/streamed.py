@@ -66,11 +66,8 @@ def hop_ends(n_samples: int, hop_s: float = HOP_S, context_s: float = CONTEXT_S)
 
 
 def new_stream_cache(backend, max_columns: int) -> StreamCache:
-    """An empty cache for one stream, as the engine makes it. StreamCache takes the backend's
-    `cache_spec`, or, before encoder/runtime's split into local and global caches, its
-    `cache_entry` (drop this fallback once every backend has cache_spec)."""
-    spec = getattr(backend, "cache_spec", None)
-    return StreamCache(max_columns, spec if spec is not None else backend.cache_entry)
+    """An empty cache for one stream, as the engine makes it (Engine._stream)."""
+    return StreamCache(max_columns, backend.cache_spec)
 
 
 def stream_clip(backend, audio_16k: np.ndarray, hop_s: float = HOP_S,
