@@ -1,10 +1,12 @@
 """Capacity: the most real-time streams one engine holds, per variant, against YAMNet in the same run.
 
-    python main.py bench capacity [--quick] [--variants onnx-window,onnx,onnx-int8] [--soak-minutes 5]
+    python main.py bench capacity [--quick] [--variants onnx-window,onnx-fp32,onnx] [--soak-minutes 5]
 
-A variant is BACKEND[-window][-int8]: `onnx` is the engine's default (incremental encoder, fp32),
+A variant is BACKEND[-window][-fp32]: `onnx` is the engine's default (incremental encoder, int8),
 `onnx-window` re-encodes the whole context every hop (the engine before the incremental encoder),
-`onnx-int8` the incremental encoder with int8 weights; torch and tensorrt likewise.
+`onnx-fp32` the incremental encoder with fp32 weights (the default is int8), `-wait` lets due hops
+wait up to 50 ms for others to share an encoder call (context.batch_wait_s; off by default);
+torch and tensorrt likewise (they run fp32 whatever the flag).
 
 N capture workers (`python -m streamer.capture file --realtime --loop`, one process per stream)
 push the bench file to one engine process (benchmarks.engine_proc: the real engine with its
@@ -52,11 +54,12 @@ from benchmarks.harness import (
 )
 
 LADDER = (1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256)
-QUICK_LADDER = (1, 8, 16, 32, 64, 128)
+QUICK_LADDER = (1, 16, 64, 128, 160, 192)
 BASELINE_LADDER = (1, 4, 16, 64, 256, 1024, 4096)
 BUSY_LIMIT = 0.9  # engine seconds serving hops per wall second, for a sustained load
 YAMNET_MACS_PER_PATCH = 69.2e6  # YAMNet (MobileNet v1 on 96x64 log-mel patches), per 0.96 s patch
 SOAK_RETRIES = 2
+BATCH_WAIT_S = 0.05  # the -wait variants' context.batch_wait_s
 
 
 @dataclass(frozen=True)
@@ -65,13 +68,16 @@ class Variant:
     backend: str
     encoder: str  # incremental | window
     precision: str  # fp32 | int8
+    batch_wait_s: float  # context.batch_wait_s
 
     @classmethod
     def parse(cls, text: str) -> Variant:
         backend, *flags = text.split("-")
-        if backend not in ("onnx", "torch", "tensorrt") or not set(flags) <= {"window", "int8"}:
-            raise ValueError(f"--variants: {text!r}: expected BACKEND[-window][-int8], BACKEND onnx|torch|tensorrt")
-        return cls(text, backend, "window" if "window" in flags else "incremental", "int8" if "int8" in flags else "fp32")
+        if backend not in ("onnx", "torch", "tensorrt") or not set(flags) <= {"window", "fp32", "wait"}:
+            raise ValueError(f"--variants: {text!r}: expected BACKEND[-window][-fp32][-wait], "
+                             "BACKEND onnx|torch|tensorrt")
+        return cls(text, backend, "window" if "window" in flags else "incremental", "fp32" if "fp32" in flags else "int8",
+                   BATCH_WAIT_S if "wait" in flags else 0.0)
 
 
 def encoder_gflop(model: str, encoder: str, context_s: float, hop_s: float, cache_dir: Path) -> float:
@@ -140,7 +146,7 @@ def run_ours(variant: Variant, args, audio: Path, progress: Progress) -> dict:
     progress(f"{name}: starting the engine")
     engine = EngineProcess(variant.backend, model=args.model, threads=args.threads, context_s=args.context,
                            hop_s=args.hop, cache_dir=args.cache_dir, encoder=variant.encoder,
-                           precision=variant.precision).start()
+                           precision=variant.precision, batch_wait_s=variant.batch_wait_s).start()
     workers = Workers(engine.ingest, audio)
     steps: list[dict] = []
 
@@ -332,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="main.py bench capacity", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="the default variant only, a short ladder, no soak (~3 min)")
     p.add_argument("--variants", default=None,
-                   help="comma-separated BACKEND[-window][-int8] (default onnx-window,onnx,onnx-int8; quick: onnx)")
+                   help="comma-separated BACKEND[-window][-fp32] (default onnx-window,onnx-fp32,onnx; quick: onnx)")
     p.add_argument("--soak-minutes", type=float, default=None, help="soak of the largest N held (default 5, quick 0)")
     add_engine_args(p)
     p.add_argument("--measure", type=float, default=None, help="seconds measured per load (default 8, quick 4)")
@@ -346,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.soak_minutes is None:
         args.soak_minutes = 0.0 if args.quick else 5.0
     try:
-        variants = [Variant.parse(v) for v in (args.variants or ("onnx" if args.quick else "onnx-window,onnx,onnx-int8")).split(",")]
+        variants = [Variant.parse(v) for v in (args.variants or ("onnx" if args.quick else "onnx-window,onnx-fp32,onnx")).split(",")]
     except ValueError as e:
         p.error(str(e))
     progress = Progress("capacity")

@@ -58,7 +58,8 @@ def bench_config(args: argparse.Namespace, workdir: Path) -> EngineConfig:
     base = load_config(args.config)
     return EngineConfig.model_validate({
         "prompts": [p.model_dump() for p in base.prompts],
-        "context": {"max_context_s": args.context, "hop_s": args.hop, "encoder": args.encoder},
+        "context": {"max_context_s": args.context, "hop_s": args.hop, "encoder": args.encoder,
+                    "batch_wait_s": args.batch_wait},
         "detector": base.detector.model_dump(),
         "model": {"path": args.model, "backend": args.backend, "threads": args.threads, "precision": args.precision,
                   "cache_dir": str(args.cache_dir)},
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", type=float, default=10.0)
     p.add_argument("--hop", type=float, default=0.5)
     p.add_argument("--encoder", choices=("incremental", "window"), default="incremental")
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="int8")
+    p.add_argument("--batch-wait", type=float, default=0.0, help="context.batch_wait_s, seconds")
     p.add_argument("--cache-dir", type=Path, default=Path("cache"))
     p.add_argument("--no-metrics", dest="metrics", action="store_false", help="no Prometheus endpoint")
     args = p.parse_args(argv)

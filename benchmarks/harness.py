@@ -164,10 +164,11 @@ class EngineProcess:
 
     def __init__(self, backend: str, *, model: str = "slap-tiny", threads: int = 2, context_s: float = CONTEXT_S,
                  hop_s: float = HOP_S, cache_dir: Path = Path("cache"), metrics: bool = True,
-                 encoder: str = "incremental", precision: str = "fp32"):
+                 encoder: str = "incremental", precision: str = "int8", batch_wait_s: float = 0.0):
         self.cmd = [sys.executable, "-m", "benchmarks.engine_proc", "--backend", backend, "--model", model,
                     "--threads", str(threads), "--context", str(context_s), "--hop", str(hop_s),
-                    "--cache-dir", str(cache_dir), "--encoder", encoder, "--precision", precision] \
+                    "--cache-dir", str(cache_dir), "--encoder", encoder, "--precision", precision,
+                    "--batch-wait", str(batch_wait_s)] \
             + ([] if metrics else ["--no-metrics"])
         self.backend = backend
         self.hops: list[list] = []

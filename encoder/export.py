@@ -60,12 +60,12 @@ INCREMENTAL_INPUTS = {
     "mel": ["batch", N_MELS, "frames"], "new_valid": ["batch", "new_columns"],
     "rope_cos": ["batch", "new_tokens", "half_head"], "rope_sin": ["batch", "new_tokens", "half_head"],
     "past_local": ["batch", "local_tokens", "local_entry"], "local_valid": ["batch", "local_columns"],
-    "past_global": ["batch", "global_tokens", "global_entry"], "global_valid": ["batch", "global_columns"],
+    "past_global": ["batch", "groups", 2, "heads", "global_tokens", "head_dim"], "global_valid": ["batch", "global_columns"],
 }
 INCREMENTAL_OUTPUTS = {"columns": ["batch", "new_columns", "embed_dim"], "global_emb": ["batch", "embed_dim"],
                        "new_local": ["batch", "new_tokens", "local_entry"],
-                       "new_global": ["batch", "new_tokens", "global_entry"]}
-FIXED_AXES = ("embed_dim", "half_head", "local_entry", "global_entry")
+                       "new_global": ["batch", "groups", 2, "heads", "new_tokens", "head_dim"]}
+FIXED_AXES = ("embed_dim", "half_head", "local_entry", "groups", "heads", "head_dim")
 INT8_MIN_COSINE = 0.99  # int8 vs fp32 incremental graph on the check batch; the eval tables are the real test
 TEXT_INPUTS = {"ids": ["batch", "tokens"], "mask": ["batch", "tokens"]}
 TEXT_OUTPUTS = {"text_emb": ["batch", "embed_dim"]}
@@ -125,8 +125,8 @@ def cache_spec(model: SLAP):
     from encoder.runtime.stream_cache import CacheSpec
 
     cfg = model.cfg.audio
-    local, glob = entry_sizes(cfg.width, cfg.depth, cfg.pattern)
-    return CacheSpec(local, glob, local_columns(cfg.window_columns), cfg.width // cfg.heads, cfg.rope_base)
+    local, groups = entry_sizes(cfg.width, cfg.depth, cfg.pattern)
+    return CacheSpec(local, groups, cfg.heads, cfg.width // cfg.heads, local_columns(cfg.window_columns), cfg.rope_base)
 
 
 def incremental_example(model: SLAP, seed: int = 0) -> tuple[np.ndarray, ...]:
@@ -142,7 +142,7 @@ def incremental_example(model: SLAP, seed: int = 0) -> tuple[np.ndarray, ...]:
     W = spec.local_columns
     past_local = (0.5 * rng.standard_normal((3, 4 * W, spec.local_entry))).astype(np.float32)
     local_valid = np.array([[1] * W, [0] * (W - 2) + [1, 1], [0] * W], bool)
-    past_global = (0.5 * rng.standard_normal((3, 5 * 4, spec.global_entry))).astype(np.float32)
+    past_global = (0.5 * rng.standard_normal((3, spec.global_groups, 2, spec.heads, 5 * 4, spec.head_dim))).astype(np.float32)
     global_valid = np.array([[1] * 5, [0, 0, 0, 1, 1], [0] * 5], bool)
     return mel, new_valid, cos, sin, past_local, local_valid, past_global, global_valid
 

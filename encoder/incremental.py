@@ -18,11 +18,13 @@ measures the effect on every table; docs/capacity.md has the figures.
 
 Two caches per stream, because a local (sliding-window) block only ever looks back
 `window_columns // 2` columns while a global block and the MAP head look at the whole context:
-    local   the local blocks' keys | values of the newest `local_columns` columns
-    global  the global blocks' keys | values and the MAP head's keys | values, whole context
-One cache entry per token is a flat vector, blocks in layer order, each [k (heads major) | v]:
-    local entry  = 2 D x (local blocks)      global entry = 2 D x (global blocks + 1)
-so each cache of a stream is one contiguous (4c, entry) array and a batch one (B, 4c, entry).
+    local   the local blocks' keys | values of the newest `local_columns` columns, one flat entry
+            per token (blocks in layer order, each [k (heads major) | v]): (B, 4W, 2 D x local blocks)
+    global  the global blocks' and the MAP head's keys and values, whole context, head major:
+            (B, G, 2, H, 4T, hd) with G = global blocks + 1 (the MAP head last)
+The global cache is read where it lies: attention against it is computed apart from attention
+among the new tokens and the two are joined in one softmax, so no per-hop copy of the context's
+keys and values is made inside the graph (a Concat of past and new keys cost 40 % of a hop).
 
 Keys are cached after RoPE. The rotation angles of the new tokens come in as inputs (`rope_cos`,
 `rope_sin`), computed by the caller in float64 from the stream's column number modulo 2 pi
@@ -34,12 +36,12 @@ hd = D / heads:
     mel           (B, 64, 16 n)   the new columns' normalised log-mel
     new_valid     (B, n) bool     which new columns are real (streams in a batch differ in n)
     rope_cos/sin  (B, 4n, hd / 2) the new tokens' rotation (time angles | frequency angles)
-    past_local    (B, 4W, 2 D x local blocks)       left padded
+    past_local    (B, 4W, 2 D x local blocks)  left padded
     local_valid   (B, W) bool
-    past_global   (B, 4T, 2 D x (global blocks + 1)) left padded
+    past_global   (B, G, 2, H, 4T, hd)         left padded
     global_valid  (B, T) bool
-Returns columns (B, n, E), global_emb (B, E), new_local (B, 4n, ...), new_global (B, 4n, ...):
-the new tokens' entries for both caches.
+Returns columns (B, n, E), global_emb (B, E), new_local (B, 4n, 2 D x local blocks) and
+new_global (B, G, 2, H, 4n, hd): the new tokens' entries for both caches.
 """
 
 from __future__ import annotations
@@ -59,9 +61,22 @@ def cache_layout(audio: AudioEncoder) -> tuple[list[int], list[int]]:
 
 
 def entry_sizes(width: int, depth: int, pattern: str) -> tuple[int, int]:
-    """Floats per cached token: (local entry, global entry incl. the MAP head's keys | values)."""
+    """(floats per token of the local cache, global cache groups G = global blocks + the MAP head)."""
     n_local = sum(1 for i in range(depth) if pattern[i % len(pattern)] == "L")
-    return 2 * width * n_local, 2 * width * (depth - n_local + 1)
+    return 2 * width * n_local, depth - n_local + 1
+
+
+def attend_past(q: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of q over [past keys | new keys] without concatenating the keys.
+
+    q, k, v: (B, H, N, hd); past_k, past_v: (B, H, M, hd); mask: (B, 1, N, M + N) bool.
+    Equals scaled_dot_product_attention(q, cat(past_k, k), cat(past_v, v), mask)."""
+    M = past_k.shape[2]
+    scale = q.shape[-1] ** -0.5
+    scores = torch.cat([q @ past_k.transpose(-1, -2), q @ k.transpose(-1, -2)], -1) * scale  # (B, H, N, M + N)
+    p = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)
+    return p[..., :M] @ past_v + p[..., M:] @ v
 
 
 def local_columns(window_columns: int) -> int:
@@ -115,38 +130,38 @@ class IncrementalEncoder(nn.Module):
             masks[kind] = (mask | (pad_self[None] & ~q_valid[:, :, None]))[:, None]
             masks[kind + "_valid"] = keys_valid
         past_l = past_local.view(B, past_local.shape[1], -1, 2, H, hd)
-        past_g = past_global.view(B, past_global.shape[1], -1, 2, H, hd)
         new_l, new_g = [], []
         for i, block in enumerate(a.blocks):
             h = block.norm1(x)
             q, k, v = block.attn.qkv(h).view(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)  # (B, H, N, hd)
             q, k = Rotary.rotate(q, cos, sin), Rotary.rotate(k, cos, sin)
-            if block.local:
-                slot, past, out, kind = self.local_blocks.index(i), past_l, new_l, "local"
+            if block.local:  # a few cached tokens: concatenating them is cheap
+                slot = self.local_blocks.index(i)
+                new_l.append(torch.stack([k, v], 2))  # (B, H, 2, N, hd)
+                pk, pv = past_l[:, :, slot, 0].transpose(1, 2), past_l[:, :, slot, 1].transpose(1, 2)  # (B, H, W4, hd)
+                y = F.scaled_dot_product_attention(q, torch.cat([pk, k], 2), torch.cat([pv, v], 2),
+                                                   attn_mask=masks["local"])
             else:
-                slot, past, out, kind = self.global_blocks.index(i), past_g, new_g, "global"
-            out.append(torch.stack([k, v], 2))  # (B, H, 2, N, hd)
-            pk = past[:, :, slot, 0].transpose(1, 2)  # (B, H, M, hd)
-            pv = past[:, :, slot, 1].transpose(1, 2)
-            y = F.scaled_dot_product_attention(q, torch.cat([pk, k], 2), torch.cat([pv, v], 2), attn_mask=masks[kind])
+                slot = self.global_blocks.index(i)
+                new_g.append(torch.stack([k, v], 1))  # (B, 2, H, N, hd)
+                y = attend_past(q, past_global[:, slot, 0], past_global[:, slot, 1], k, v, masks["global"])
             x = x + block.attn.proj(y.transpose(1, 2).reshape(B, N, D))
             x = x + block.mlp(block.norm2(x))
         tokens = a.norm(x)
-        new_map = a.map_head.kv(tokens).view(B, N, 2, H, hd)  # (B, N, 2, H, hd)
-        cached_map = past_g[:, :, -1]  # (B, M, 2, H, hd)
-        pooled = self.pool(torch.cat([cached_map, new_map], 1), masks["global_valid"])
+        map_k, map_v = a.map_head.kv(tokens).view(B, N, 2, H, hd).permute(2, 0, 3, 1, 4)  # (B, H, N, hd) each
+        pooled = self.pool(past_global[:, -1, 0], past_global[:, -1, 1], map_k, map_v, masks["global_valid"])
         columns = tokens.view(B, N // FREQ_PATCHES, FREQ_PATCHES, D).mean(2)
-        # (B, H, 2, N, hd) per block -> (B, N, blocks, 2, H, hd) -> (B, N, entry)
+        # local: (B, H, 2, N, hd) per block -> (B, N, blocks, 2, H, hd) -> (B, N, entry)
         new_local = torch.stack(new_l, 1).permute(0, 4, 1, 3, 2, 5).reshape(B, N, -1)
-        new_global = torch.cat([torch.stack(new_g, 1).permute(0, 4, 1, 3, 2, 5), new_map[:, :, None]], 2).reshape(B, N, -1)
+        new_global = torch.stack(new_g + [torch.stack([map_k, map_v], 1)], 1)  # (B, G, 2, H, N, hd)
         return a.dense_proj(columns), a.global_proj(pooled), new_local, new_global
 
-    def pool(self, kv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """The MAP head from its keys | values: kv (B, M, 2, H, hd), valid (B, M) -> (B, D)."""
+    def pool(self, past_k: torch.Tensor, past_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             valid: torch.Tensor) -> torch.Tensor:
+        """The MAP head over [cached | new] keys and values ((B, H, M | N, hd)); valid (B, M + N) -> (B, D)."""
         head = self.audio.map_head
-        B, M, _, H, hd = kv.shape
-        k, v = kv.permute(2, 0, 3, 1, 4)  # (B, H, M, hd) each
+        B, H, _, hd = k.shape
         q = head.q(head.query).view(1, H, 1, hd).expand(B, -1, -1, -1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :])  # (B, H, 1, hd)
+        y = attend_past(q, past_k, past_v, k, v, valid[:, None, None, :])  # (B, H, 1, hd)
         y = head.proj(y.transpose(1, 2).reshape(B, H * hd))
         return y + head.mlp(head.norm(y))

@@ -210,6 +210,10 @@ class ContextConfig(_Model):
     max_gap_s: Seconds = Field(
         2.0, le=MAX_CONTEXT_S, description="longest gap zero-filled; longer ones reset"
     )
+    batch_wait_s: float = Field(
+        0.0, ge=0, le=0.5, description="with several streams, a due hop waits up to this long for other streams' "
+        "hops, so one encoder call serves several: less encoder time at moderate load, but at 128 streams on 2 "
+        "cores it made hops skip (docs/capacity.md); 0: serve at once")
     encoder: Literal["incremental", "window"] = Field(
         "incremental", description="incremental: a hop encodes only its new columns against the stream's cached "
         "keys/values (encoder/incremental.py); window: every hop re-encodes the whole context")
@@ -253,7 +257,7 @@ class ModelConfig(_Model):
     backend: Literal["auto", "onnx", "torch", "tensorrt"] = "auto"
     threads: int = Field(0, ge=0, le=256, description="0: ONNX Runtime's choice")
     precision: Literal["fp32", "int8"] = Field(
-        "fp32", description="the incremental encoder's weights on ONNX Runtime (int8: dynamic quantisation)")
+        "int8", description="the incremental encoder's weights on ONNX Runtime (int8: dynamic quantisation)")
     cache_dir: Path | None = Field(None, description="prompt-embedding cache; null: memory only")
 
 

@@ -57,6 +57,9 @@ from streamer.wire import MAX_FRAME_BYTES, WIRE_ERROR_REASONS, Frame, WireError
 log = logging.getLogger("streamer.engine")
 
 MAX_BATCH = 32  # windows per encoder call; more due hops wait for the next call
+# Incremental hops per call: past ~8 streams a batch's caches (3 MB each) outgrow the CPU's caches
+# and a stream-hop costs more, not less (docs/capacity.md).
+MAX_INCREMENTAL_BATCH = 8
 RECV_BUDGET = 512  # messages read from the socket per loop turn (decode only: ~6 us each)
 SERVE_BUDGET_S = 0.05  # seconds of feeding queued frames per loop turn before due hops are served
 MAX_STREAMS = 256  # distinct stream ids taken when the engine has no list of streams (tag, tests)
@@ -202,6 +205,7 @@ class Engine:
         self.calibration = Calibration.from_manifest(cal) if cal else Calibration(10.0, -5.0)
         self.cfg = cfg
         self.incremental = cfg.context.encoder == "incremental" and hasattr(backend, "incremental")
+        self.max_batch = MAX_INCREMENTAL_BATCH if self.incremental else MAX_BATCH
         if cfg.context.encoder == "incremental" and not self.incremental:
             log.warning("backend %s has no incremental encoder: every hop re-encodes its whole window",
                         backend.info().get("backend"))
@@ -462,7 +466,7 @@ class Engine:
     # -- hops ---------------------------------------------------------------------------------
     def step(self) -> HopStats | None:
         """Serve the due hops of all streams (up to MAX_BATCH) in one encoder call."""
-        due = [s for s in self.streams.values() if s.context.hop_due][:MAX_BATCH]
+        due = [s for s in self.streams.values() if s.context.hop_due][:self.max_batch]
         if not due:
             return None
         t_start = time.monotonic()
@@ -663,7 +667,7 @@ class Engine:
         timeout_ms for the first when nothing is queued), feed them round-robin for SERVE_BUDGET_S,
         serve the due hops, check for stale streams. Returns the messages read."""
         n = 0
-        wait = 0 if self.queued_frames else timeout_ms
+        wait = 0 if self.queued_frames else min(timeout_ms, self._batch_wait_left_ms())
         if self.pull is not None and self.pull.poll(wait):
             while n < RECV_BUDGET:
                 try:
@@ -674,13 +678,38 @@ class Engine:
                 if not self.enqueue(buf):
                     break  # a lossless stream's queue is full: its worker waits
         self.serve_queues()
-        while self.step() is not None:
+        while self._batch_ready() and self.step() is not None:
             pass
         self.check_stale()
         self._retry_event_log()
         if self.embeddings is not None:
             self.embeddings.tick()
         return n
+
+    def _oldest_due(self) -> tuple[int, float | None, bool]:
+        """(due hops, when the oldest fell due, whether a lossless stream's hop is due)."""
+        due = [s for s in self.streams.values() if s.context.hop_due]
+        oldest = min((s.due_since for s in due if s.due_since is not None), default=None)
+        return len(due), oldest, any(s.name in self.lossless for s in due)
+
+    def _batch_ready(self) -> bool:
+        """Serve the due hops now, or let them wait (context.batch_wait_s) for other streams'
+        hops to join the same encoder call. A single stream, a full batch, a lossless stream (its
+        worker waits for the hop) or a hop that has waited long enough is served at once."""
+        n, oldest, lossless = self._oldest_due()
+        if n == 0:
+            return False
+        wait = self.cfg.context.batch_wait_s
+        active = sum(1 for s in self.streams.values() if not s.stale)
+        return (active <= 1 or n >= self.max_batch or lossless or not wait or oldest is None
+                or time.monotonic() - oldest >= wait)
+
+    def _batch_wait_left_ms(self) -> int:
+        """Milliseconds until the oldest waiting hop must be served (the socket poll's timeout)."""
+        n, oldest, _ = self._oldest_due()
+        if n == 0 or oldest is None:
+            return 1 << 30
+        return max(0, int(1e3 * (oldest + self.cfg.context.batch_wait_s - time.monotonic())) + 1)
 
     def _retry_event_log(self) -> None:
         """Edges held while the event log failed are written once it works again, event or not."""

@@ -113,7 +113,12 @@ def test_a_batch_of_streams_gives_what_each_stream_gives_alone(export_dir):
             np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
-SPEC = CacheSpec(local_entry=2, global_entry=3, local_columns=3, head_dim=8, rope_base=10000.0)
+SPEC = CacheSpec(local_entry=2, global_groups=1, heads=1, head_dim=3, local_columns=3, rope_base=10000.0)
+
+
+def global_tokens(values: np.ndarray) -> np.ndarray:
+    """(tokens, 3) -> the global cache's (G=1, 2, H=1, tokens, hd=3) layout (keys = values here)."""
+    return np.broadcast_to(values[None, None, None], (1, 2, 1, *values.shape))
 
 
 def test_the_cache_keeps_the_newest_columns_as_one_view():
@@ -121,23 +126,23 @@ def test_the_cache_keeps_the_newest_columns_as_one_view():
     glob = np.arange(4 * 13 * 3, dtype=np.float32).reshape(4 * 13, 3)  # 13 columns of 4 tokens
     local = -np.arange(4 * 13 * 2, dtype=np.float32).reshape(4 * 13, 2)
     for lo, hi in ((0, 2), (2, 6), (6, 7), (7, 13)):
-        cache.append(local[4 * lo : 4 * hi], glob[4 * lo : 4 * hi])
+        cache.append(local[4 * lo : 4 * hi], global_tokens(glob[4 * lo : 4 * hi]))
     assert (cache.first_column, cache.end_column, cache.columns) == (8, 13, 5)
     got_local, got_global = cache.views()
-    np.testing.assert_array_equal(got_global, glob[4 * 8 :])  # the whole context
+    np.testing.assert_array_equal(got_global[0, 1, 0], glob[4 * 8 :])  # the whole context
     np.testing.assert_array_equal(got_local, local[4 * 10 :])  # what a local block can reach
     cache.clear(100)
-    assert (cache.first_column, cache.end_column, cache.views()[1].shape) == (100, 100, (0, 3))
+    assert (cache.first_column, cache.end_column, cache.views()[1].shape) == (100, 100, (1, 2, 1, 0, 3))
 
 
 def test_a_batch_left_pads_shorter_caches_and_masks_the_padding():
     a, b = StreamCache(4, SPEC), StreamCache(4, SPEC)
-    a.append(np.ones((8, 2), np.float32), np.ones((8, 3), np.float32))
+    a.append(np.ones((8, 2), np.float32), global_tokens(np.ones((8, 3), np.float32)))
     past_local, local_valid, past_global, global_valid = batch_inputs([a, b])
-    assert past_global.shape == (2, 8, 3) and global_valid.tolist() == [[True] * 2, [False] * 2]
+    assert past_global.shape == (2, 1, 2, 1, 8, 3) and global_valid.tolist() == [[True] * 2, [False] * 2]
     assert past_local.shape == (2, 8, 2) and local_valid.tolist() == [[True] * 2, [False] * 2]
     _, _, past_global, global_valid = batch_inputs([b])
-    assert past_global.shape == (1, 4, 3) and not global_valid.any()  # one masked column: never a zero-length axis
+    assert past_global.shape == (1, 1, 2, 1, 4, 3) and not global_valid.any()  # one masked column, never a 0-length axis
 
 
 def test_lookback_needs_the_window_encoder():

@@ -26,7 +26,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_FORMAT = "slap-onnx-v2"  # v2: the incremental encoder and its int8 copy
+MANIFEST_FORMAT = "slap-onnx-v4"  # v4: the incremental encoder (two caches, keys after RoPE, head-major global cache) and its int8 copy
 AUDIO_ONNX = "audio_encoder.onnx"
 INCREMENTAL_ONNX = "audio_incremental.onnx"
 INCREMENTAL_INT8_ONNX = "audio_incremental.int8.onnx"

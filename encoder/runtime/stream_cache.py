@@ -1,12 +1,13 @@
 """Per-stream caches for the incremental encoder (encoder/incremental.py), numpy only.
 
 A `StreamCache` holds a stream's two caches (see `encoder.incremental`): the local blocks' keys and
-values of its newest `local_columns` columns and the global blocks' and MAP head's of its newest
-`max_columns`, each one contiguous (4c, entry) float32 view, plus the stream column after the
-newest (`end_column`). It never reallocates: every entry is stored twice (as in
-`streamer.context.Ring`), so the newest run is always one view. `encode_new_columns` runs one
-hop for a batch of streams: it left-pads their caches into the encoder's inputs, computes the new
-tokens' RoPE angles from their stream columns, and appends what the encoder returns.
+values of its newest `local_columns` columns ((4W, entry) per stream) and the global blocks' and
+MAP head's of its newest `max_columns` ((G, 2, H, 4c, hd), head major), plus the stream column
+after the newest (`end_column`). It never reallocates: every token is stored twice (as in
+`streamer.context.Ring`), so the newest run is always one slice. `encode_new_columns` runs one
+hop for a batch of streams: it left-pads their caches into the encoder's inputs (reused buffers,
+so a hop costs one copy of each context and no page faults), computes the new tokens' RoPE angles
+from their stream columns, and appends what the encoder returns.
 
 Memory per stream (slap-tiny, 10 s): 2 x 248 x 3 x 512 x 4 bytes = 3.0 MB (global) + 0.2 MB (local).
 """
@@ -25,41 +26,49 @@ PATCH_FRAMES = 16  # log-mel frames per column (= encoder.frontend.PATCH_FRAMES)
 class CacheSpec:
     """What a backend's incremental encoder needs cached, from its manifest or model config."""
 
-    local_entry: int
-    global_entry: int
-    local_columns: int  # columns a local block looks back
+    local_entry: int  # floats per token of the local cache
+    global_groups: int  # G: global blocks + the MAP head
+    heads: int
     head_dim: int
+    local_columns: int  # columns a local block looks back
     rope_base: float
 
     @classmethod
     def from_manifest(cls, inc: dict) -> CacheSpec:
-        return cls(int(inc["local_entry"]), int(inc["global_entry"]), int(inc["local_columns"]),
-                   int(inc["head_dim"]), float(inc["rope_base"]))
+        return cls(int(inc["local_entry"]), int(inc["global_groups"]), int(inc["heads"]), int(inc["head_dim"]),
+                   int(inc["local_columns"]), float(inc["rope_base"]))
 
 
 class _Ring:
-    """The newest `capacity` rows of a (rows, entry) stream, stored twice so they are one view."""
+    """The newest `capacity` tokens along `axis` of an array, stored twice so they are one slice."""
 
-    def __init__(self, capacity: int, entry: int):
-        self.capacity = capacity
-        self._data = np.zeros((2 * capacity, entry), np.float32)
+    def __init__(self, capacity: int, shape: tuple[int, ...], axis: int):
+        self.capacity, self.axis = capacity, axis
+        full = list(shape)
+        full[axis] = 2 * capacity
+        self._data = np.zeros(full, np.float32)
         self.end = self.count = 0
 
-    def append(self, rows: np.ndarray) -> None:
-        cap = self.capacity
-        rows = rows[-cap:]
-        t = rows.shape[0]
+    def _at(self, lo: int, hi: int) -> tuple:
+        return (slice(None),) * self.axis + (slice(lo, hi),)
+
+    def append(self, tokens: np.ndarray) -> None:
+        cap, ax = self.capacity, self.axis
+        t_all = tokens.shape[ax]
+        tokens = tokens[self._at(max(0, t_all - cap), t_all)]
+        t = tokens.shape[ax]
         head = self.end % cap
         first = min(t, cap - head)
-        for lo, part in ((head, rows[:first]), (0, rows[first:])):
-            self._data[lo : lo + len(part)] = part
-            self._data[lo + cap : lo + cap + len(part)] = part
+        for lo, part in ((head, tokens[self._at(0, first)]), (0, tokens[self._at(first, t)])):
+            n = part.shape[ax]
+            self._data[self._at(lo, lo + n)] = part
+            self._data[self._at(lo + cap, lo + cap + n)] = part
         self.end += t
         self.count = min(self.count + t, cap)
 
     def view(self) -> np.ndarray:
         lo = (self.end - self.count) % self.capacity
-        out = self._data[lo : lo + self.count]
+        out = self._data[self._at(lo, lo + self.count)]
         out.flags.writeable = False
         return out
 
@@ -68,8 +77,8 @@ class StreamCache:
     def __init__(self, max_columns: int, spec: CacheSpec):
         assert max_columns > 0, max_columns
         self.max_columns, self.spec = max_columns, spec
-        self._local = _Ring(FREQ_PATCHES * min(spec.local_columns, max_columns), spec.local_entry)
-        self._global = _Ring(FREQ_PATCHES * max_columns, spec.global_entry)
+        self._local = _Ring(FREQ_PATCHES * min(spec.local_columns, max_columns), (0, spec.local_entry), axis=0)
+        self._global = _Ring(FREQ_PATCHES * max_columns, (spec.global_groups, 2, spec.heads, 0, spec.head_dim), axis=3)
         self.clear(0)
 
     def clear(self, end_column: int) -> None:
@@ -83,8 +92,8 @@ class StreamCache:
         return self.end_column - self.columns
 
     def append(self, new_local: np.ndarray, new_global: np.ndarray) -> None:
-        """Entries (4n, entry) of the n columns after end_column; the oldest fall out."""
-        n_tok = new_global.shape[0]
+        """The n columns after end_column: new_local (4n, entry), new_global (G, 2, H, 4n, hd); the oldest fall out."""
+        n_tok = new_global.shape[3]
         assert n_tok % FREQ_PATCHES == 0 and new_local.shape[0] == n_tok, (new_local.shape, new_global.shape)
         self._local.append(new_local)
         self._global.append(new_global)
@@ -92,7 +101,7 @@ class StreamCache:
         self.columns = min(self.columns + n_tok // FREQ_PATCHES, self.max_columns)
 
     def views(self) -> tuple[np.ndarray, np.ndarray]:
-        """(local (4W, entry), global (4c, entry)) read-only views, oldest first; valid until the next append."""
+        """(local (4W, entry), global (G, 2, H, 4c, hd)) read-only views, oldest first; valid until the next append."""
         return self._local.view(), self._global.view()
 
     @property
@@ -100,18 +109,34 @@ class StreamCache:
         return self._local._data.nbytes + self._global._data.nbytes
 
 
-def _left_padded(views: list[np.ndarray], entry: int) -> tuple[np.ndarray, np.ndarray]:
-    """(B, 4T, entry) left padded, (B, T) valid; T >= 1 (one masked column for an empty cache:
-    ONNX Runtime and TensorRT handle zero-length axes poorly, and a masked column costs nothing)."""
-    T = max([len(v) // FREQ_PATCHES for v in views] + [1])
-    if len(views) == 1 and len(views[0]) == FREQ_PATCHES * T:
-        return views[0][None], np.ones((1, T), bool)  # no copy: ONNX Runtime reads the view
-    out = np.zeros((len(views), FREQ_PATCHES * T, entry), np.float32)
+_buffers: dict[tuple, np.ndarray] = {}  # batch input buffers by shape, reused hop after hop
+
+
+def _buffer(shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 buffer of this shape, reused: zeros at first, later whatever the last batch left
+    there (finite cache values), which the padding masks exclude exactly (softmax weight 0)."""
+    buf = _buffers.get(shape)
+    if buf is None:
+        if len(_buffers) > 64:  # shapes seen once (start-up, odd batch sizes) must not pile up
+            _buffers.clear()
+        buf = _buffers[shape] = np.zeros(shape, np.float32)
+    return buf
+
+
+def _left_padded(views: list[np.ndarray], axis: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack views (tokens along `axis`) left padded: (B, ...) and valid (B, T) per column; T >= 1
+    (one masked column for an empty cache: ONNX Runtime and TensorRT handle zero-length axes
+    poorly, and a masked column costs nothing)."""
+    T = max([v.shape[axis] // FREQ_PATCHES for v in views] + [1])
+    full = list(shape)
+    full[axis] = FREQ_PATCHES * T
+    out = _buffer((len(views), *full))
     valid = np.zeros((len(views), T), bool)
     for i, v in enumerate(views):
-        if len(v):
-            out[i, FREQ_PATCHES * T - len(v) :] = v
-            valid[i, T - len(v) // FREQ_PATCHES :] = True
+        m = v.shape[axis]
+        if m:
+            out[(i,) + (slice(None),) * axis + (slice(FREQ_PATCHES * T - m, None),)] = v
+            valid[i, T - m // FREQ_PATCHES :] = True
     return out, valid
 
 
@@ -119,8 +144,9 @@ def batch_inputs(caches: list[StreamCache]) -> tuple[np.ndarray, np.ndarray, np.
     """caches -> past_local, local_valid, past_global, global_valid (shapes in encoder/incremental.py)."""
     spec = caches[0].spec
     views = [c.views() for c in caches]
-    past_local, local_valid = _left_padded([v[0] for v in views], spec.local_entry)
-    past_global, global_valid = _left_padded([v[1] for v in views], spec.global_entry)
+    past_local, local_valid = _left_padded([v[0] for v in views], 0, (0, spec.local_entry))
+    past_global, global_valid = _left_padded([v[1] for v in views], 3,
+                                             (spec.global_groups, 2, spec.heads, 0, spec.head_dim))
     return past_local, local_valid, past_global, global_valid
 
 
@@ -157,5 +183,5 @@ def encode_new_columns(backend, mel: np.ndarray, new_columns: np.ndarray, caches
     columns, global_emb, new_local, new_global = backend.incremental(mel, new_valid, cos, sin, *batch_inputs(caches))
     for i, c in enumerate(caches if commit else []):
         k = int(new_columns[i]) * FREQ_PATCHES
-        c.append(new_local[i, :k], new_global[i, :k])
+        c.append(new_local[i, :k], new_global[i, :, :, :, :k])
     return columns, global_emb
