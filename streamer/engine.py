@@ -208,7 +208,7 @@ class Engine:
         self.max_batch = MAX_INCREMENTAL_BATCH if self.incremental else MAX_BATCH
         if cfg.context.encoder == "incremental" and not self.incremental:
             log.warning("backend %s has no incremental encoder: every hop re-encodes its whole window",
-                        backend.info().get("backend"))
+                        getattr(backend, "name", type(backend).__name__))
         self.matcher = self._make_matcher(cfg)
         event_log = EventLog(cfg.outputs.event_log) if cfg.outputs.event_log else None
         self.publisher: Publisher | None = None
