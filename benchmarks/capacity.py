@@ -18,7 +18,7 @@ deadline (hop + 150 ms), no hop was skipped, and the expected windows were serve
 
 Sustained: after the ladder, the largest N held is soaked for --soak-minutes (one window: p99 end
 to end <= hop + 150 ms, no hop skipped, engine busy < 0.9 s/s, RSS growth reported); if the soak
-fails, N steps down by an eighth and soaks again (at most twice). YAMNet is soaked the same way.
+fails, N steps down by a quarter and soaks again (at most twice). YAMNet is soaked the same way.
 GFLOP per stream-second: counted from the model's shapes (encoder_gflop), YAMNet's from its
 published size (69.2 M multiply-adds per 0.96 s patch, one patch per hop).
 
@@ -143,14 +143,25 @@ def search(measure, ladder: tuple[int, ...], refine: int, limit: int) -> tuple[i
 def run_ours(variant: Variant, args, audio: Path, progress: Progress) -> dict:
     deadline = args.hop + DEADLINE_MARGIN_S
     name = variant.name
-    progress(f"{name}: starting the engine")
-    engine = EngineProcess(variant.backend, model=args.model, threads=args.threads, context_s=args.context,
-                           hop_s=args.hop, cache_dir=args.cache_dir, encoder=variant.encoder,
-                           precision=variant.precision, batch_wait_s=variant.batch_wait_s).start()
-    workers = Workers(engine.ingest, audio)
     steps: list[dict] = []
 
+    def fresh() -> tuple[EngineProcess, Workers]:
+        progress(f"{name}: starting the engine")
+        e = EngineProcess(variant.backend, model=args.model, threads=args.threads, context_s=args.context,
+                          hop_s=args.hop, cache_dir=args.cache_dir, encoder=variant.encoder,
+                          precision=variant.precision, batch_wait_s=variant.batch_wait_s).start()
+        return e, Workers(e.ingest, audio)
+
+    engine, workers = fresh()
+
     def measure(n: int, seconds: float | None = None, soak: bool = False) -> dict:
+        nonlocal engine, workers
+        if steps and not steps[-1]["held"]:
+            # an engine that fell behind keeps its backlog (queued frames, late hops) into the next
+            # load: every load after a failure starts from a fresh engine and fresh workers
+            workers.stop()
+            engine.stop()
+            engine, workers = fresh()
         workers.resize(n)
         progress.wait(args.context + 2.0, f"{name} N={n}: warm-up, every context filled")
         if soak:
@@ -196,15 +207,15 @@ def run_ours(variant: Variant, args, audio: Path, progress: Progress) -> dict:
 
 
 def soak(measure, best: int, minutes: float) -> int | None:
-    """The largest N that holds a soak of `minutes`, from `best` down by an eighth per failure
-    (SOAK_RETRIES times); None when no soak was asked for."""
+    """The largest N that holds a soak of `minutes`, from `best` down by a quarter per failure
+    (SOAK_RETRIES times; 0 when none held); None when no soak was asked for."""
     if not minutes or not best:
         return None
     n = best
     for _ in range(SOAK_RETRIES + 1):
         if measure(n)["held"]:
             return n
-        n = max(1, n * 7 // 8)
+        n = max(1, n * 3 // 4)
     return 0
 
 

@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -41,12 +42,19 @@ def run_tag(paths: list[Path], flags: list[str]) -> tuple[list[str], list[str], 
     for prompt in PROMPTS:
         args += ["--prompt", prompt]
     proc = subprocess.Popen(args + flags, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)  # a full pipe would block it
+    reader.start()
     first = proc.stdout.readline()
     for path, item in zip(paths, INPUTS):
         if item.vanishes:
             path.unlink()  # files before it are being scored meanwhile
-    out, err = proc.communicate(timeout=300)
-    return (first + out).splitlines(), err.splitlines(), proc.returncode
+    # read the rest through the same buffered stream: communicate() reads the pipe itself and would
+    # lose lines that readline() had already buffered (two files finishing together)
+    out = proc.stdout.read()
+    proc.wait(timeout=300)
+    reader.join(timeout=30)
+    return (first + out).splitlines(), "".join(err).splitlines(), proc.returncode
 
 
 def line_of(item, path: Path, mode: str, stdout: list[str]) -> list[str]:

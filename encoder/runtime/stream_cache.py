@@ -109,18 +109,20 @@ class StreamCache:
         return self._local._data.nbytes + self._global._data.nbytes
 
 
-_buffers: dict[tuple, np.ndarray] = {}  # batch input buffers by shape, reused hop after hop
+_buffers: dict[tuple, np.ndarray] = {}  # batch input buffers by per-stream shape, reused hop after hop
 
 
 def _buffer(shape: tuple[int, ...]) -> np.ndarray:
-    """A float32 buffer of this shape, reused: zeros at first, later whatever the last batch left
-    there (finite cache values), which the padding masks exclude exactly (softmax weight 0)."""
-    buf = _buffers.get(shape)
-    if buf is None:
-        if len(_buffers) > 64:  # shapes seen once (start-up, odd batch sizes) must not pile up
+    """A float32 (B, ...) buffer, reused: zeros at first, later whatever the last batch left there
+    (finite cache values), which the padding masks exclude exactly (softmax weight 0). One buffer
+    per per-stream shape, as large as the largest batch seen, sliced on the leading axis (still
+    contiguous), so its memory is bounded by the largest batch, not by the batch sizes seen."""
+    buf = _buffers.get(shape[1:])
+    if buf is None or buf.shape[0] < shape[0]:
+        if len(_buffers) > 16:  # per-stream shapes seen once (start-up: caches still filling) must not pile up
             _buffers.clear()
-        buf = _buffers[shape] = np.zeros(shape, np.float32)
-    return buf
+        buf = _buffers[shape[1:]] = np.zeros(shape, np.float32)
+    return buf[: shape[0]]
 
 
 def _left_padded(views: list[np.ndarray], axis: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
