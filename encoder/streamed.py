@@ -16,8 +16,8 @@ gives, and the padded tail's frames are those of the silence the engine appends.
     columns, glob = stream_clip(backend, audio)   # (C, E) each column as its hop saw it, (E,) last hop
 
 Variants (`VARIANTS`): how "ours" is run, each one more system in the evaluation tables:
-    stream       incremental, fp32 (the engine's default)
-    stream-int8  incremental, int8 weights (model.precision int8)
+    stream       incremental, fp32 (model.precision fp32)
+    stream-int8  incremental, int8 weights (model.precision int8, the engine's default)
 """
 
 from __future__ import annotations
