@@ -465,7 +465,7 @@ class Engine:
 
     # -- hops ---------------------------------------------------------------------------------
     def step(self) -> HopStats | None:
-        """Serve the due hops of all streams (up to MAX_BATCH) in one encoder call."""
+        """Serve the due hops of all streams (up to max_batch) in one encoder call."""
         due = [s for s in self.streams.values() if s.context.hop_due][:self.max_batch]
         if not due:
             return None
