@@ -696,16 +696,20 @@ class Engine:
         """Serve the due hops now, or let them wait (context.batch_wait_s) for other streams'
         hops to join the same encoder call. A single stream, a full batch, a lossless stream (its
         worker waits for the hop) or a hop that has waited long enough is served at once."""
+        wait = self.cfg.context.batch_wait_s
+        if not wait:  # the default: no scan of every stream on every loop turn (step() finds the due hops)
+            return True
         n, oldest, lossless = self._oldest_due()
         if n == 0:
             return False
-        wait = self.cfg.context.batch_wait_s
         active = sum(1 for s in self.streams.values() if not s.stale)
         return (active <= 1 or n >= self.max_batch or lossless or not wait or oldest is None
                 or time.monotonic() - oldest >= wait)
 
     def _batch_wait_left_ms(self) -> int:
         """Milliseconds until the oldest waiting hop must be served (the socket poll's timeout)."""
+        if not self.cfg.context.batch_wait_s:
+            return 1 << 30
         n, oldest, _ = self._oldest_due()
         if n == 0 or oldest is None:
             return 1 << 30
