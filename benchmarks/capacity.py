@@ -8,7 +8,8 @@ A variant is BACKEND[-window][-fp32]: `onnx` is the engine's default (incrementa
 wait up to 50 ms for others to share an encoder call (context.batch_wait_s; off by default);
 torch and tensorrt likewise (they run fp32 whatever the flag).
 
-N capture workers (`python -m streamer.capture file --realtime --loop`, one process per stream)
+N capture workers (`python -m streamer.capture file --realtime --loop --frame-ms F`, one process
+per stream; F one hop, as `main.py` starts its own workers, unless --frame-ms says otherwise)
 push the bench file to one engine process (benchmarks.engine_proc: the real engine with its
 ZeroMQ sockets, event log and metrics endpoint). N steps up a ladder (1, 2, 4, ...) until a load is
 not held, then bisects between the last held and the first failed N. A load is held when, over
@@ -18,7 +19,8 @@ deadline (hop + 150 ms), no hop was skipped, and the expected windows were serve
 
 Sustained: after the ladder, the largest N held is soaked for --soak-minutes (one window: p99 end
 to end <= hop + 150 ms, no hop skipped, engine busy < 0.9 s/s, RSS growth reported); if the soak
-fails, N steps down by a quarter and soaks again (at most twice). YAMNet is soaked the same way.
+fails, N steps down by a quarter and soaks again (at most 4 times; a soak stops at its first
+skipped hop, since it has failed then). YAMNet is soaked the same way.
 GFLOP per stream-second: counted from the model's shapes (encoder_gflop), YAMNet's from its
 published size (69.2 M multiply-adds per 0.96 s patch, one patch per hop).
 
@@ -49,6 +51,7 @@ from benchmarks.harness import (
     ms,
     percentiles,
     pyplot,
+    worker_frame_ms,
     write_outputs,
     yamnet_streams,
 )
@@ -58,7 +61,8 @@ QUICK_LADDER = (1, 16, 64, 128, 160, 192)
 BASELINE_LADDER = (1, 4, 16, 64, 256, 1024, 4096)
 BUSY_LIMIT = 0.9  # engine seconds serving hops per wall second, for a sustained load
 YAMNET_MACS_PER_PATCH = 69.2e6  # YAMNet (MobileNet v1 on 96x64 log-mel patches), per 0.96 s patch
-SOAK_RETRIES = 2
+SOAK_RETRIES = 4  # a soak stops at its first skipped hop, so a failed one is usually short
+SOAK_CHECK_S = 10.0
 BATCH_WAIT_S = 0.05  # the -wait variants' context.batch_wait_s
 
 
@@ -150,7 +154,7 @@ def run_ours(variant: Variant, args, audio: Path, progress: Progress) -> dict:
         e = EngineProcess(variant.backend, model=args.model, threads=args.threads, context_s=args.context,
                           hop_s=args.hop, cache_dir=args.cache_dir, encoder=variant.encoder,
                           precision=variant.precision, batch_wait_s=variant.batch_wait_s).start()
-        return e, Workers(e.ingest, audio)
+        return e, Workers(e.ingest, audio, worker_frame_ms(args))
 
     engine, workers = fresh()
 
@@ -168,7 +172,12 @@ def run_ours(variant: Variant, args, audio: Path, progress: Progress) -> dict:
             progress(f"{name} N={n}: soak, {seconds / 60:.1f} min")
         cpu0, t0, meter = workers.cpu_seconds(), time.monotonic(), CpuMeter()
         rss0 = engine.window(t0 - 1.0, t0).rss if soak else 0
-        time.sleep(seconds or args.measure)
+        end = t0 + (seconds or args.measure)
+        while (now := time.monotonic()) < end:  # a soak ends at its first skipped hop: it has failed
+            time.sleep(min(SOAK_CHECK_S, end - now))
+            if soak and engine.window(t0, time.monotonic()).skipped:
+                progress(f"{name} N={n}: a hop was skipped after {time.monotonic() - t0:.0f} s, the soak has failed")
+                break
         t1 = time.monotonic()
         meter.stop()
         workers_cpu = (workers.cpu_seconds() - cpu0) / (t1 - t0)
@@ -229,7 +238,7 @@ def run_baseline(args, audio: Path, progress: Progress) -> dict:
         meter = CpuMeter()
         if soak:
             progress(f"yamnet N={n}: soak, {span / 60:.1f} min")
-        r = sim.run(n, span or seconds)
+        r = sim.run(n, span or seconds, stop_on_skip=soak)
         meter.stop()
         lat = percentiles(r["latencies"])
         ok = held(lat["p99"], r["skipped"], r["hops"], n * (span or seconds) / args.hop, deadline)

@@ -50,6 +50,15 @@ def add_engine_args(p) -> None:
     p.add_argument("--threads", type=int, default=default_threads(), help="intra-op threads, engine and YAMNet")
     p.add_argument("--context", type=float, default=CONTEXT_S, help="seconds of context per window")
     p.add_argument("--hop", type=float, default=HOP_S, help="seconds between a stream's windows")
+    p.add_argument("--frame-ms", type=int, default=None,
+                   help="capture workers' frame length (default: one frame per hop, as the engine's own workers)")
+
+
+def worker_frame_ms(args) -> int:
+    """--frame-ms, or what `main.py` gives the workers it starts: one frame per hop (streamer.cli)."""
+    from streamer.cli import frame_ms_for_hop
+
+    return args.frame_ms or frame_ms_for_hop(args.hop)
 
 
 # ------------------------------------------------------------------------------------ progress
@@ -299,9 +308,10 @@ def profile_top(path: Path, top: int = 15) -> list[dict]:
 class Workers:
     """Capture worker subprocesses playing the bench file in real time, looping: stream s000, s001, ..."""
 
-    def __init__(self, endpoint: str, audio: Path):
+    def __init__(self, endpoint: str, audio: Path, frame_ms: int | None = None):
         self.endpoint = endpoint
         self.audio = audio
+        self.frame_args = [f"--frame-ms={frame_ms}"] if frame_ms else []
         self.procs: list[subprocess.Popen] = []
 
     def resize(self, n: int) -> None:
@@ -309,7 +319,7 @@ class Workers:
             name = f"s{len(self.procs):03d}"
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "streamer.capture", "file", str(self.audio), "--realtime", "--loop",
-                 "--endpoint", self.endpoint, "--stream", name, "--log-level", "WARNING"],
+                 "--endpoint", self.endpoint, "--stream", name, "--log-level", "WARNING", *self.frame_args],
                 cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONPATH": str(ROOT)}))
         while len(self.procs) > n:

@@ -29,6 +29,7 @@ from benchmarks.harness import (
     ms,
     percentiles,
     pyplot,
+    worker_frame_ms,
     write_outputs,
     yamnet_streams,
 )
@@ -40,7 +41,7 @@ def run_ours(backend: str, args, audio: Path, progress: Progress) -> dict:
     progress(f"{backend}: starting the engine")
     engine = EngineProcess(backend, model=args.model, threads=args.threads, context_s=args.context,
                            hop_s=args.hop, cache_dir=args.cache_dir).start()
-    workers = Workers(engine.ingest, audio)
+    workers = Workers(engine.ingest, audio, worker_frame_ms(args))
     points = []
     try:
         for n in args.streams:

@@ -30,6 +30,7 @@ from benchmarks.harness import (
     bench_audio,
     machine,
     pyplot,
+    worker_frame_ms,
     write_outputs,
 )
 
@@ -41,7 +42,7 @@ def run_ours(n: int, args, audio: Path, progress: Progress) -> dict:
     progress(f"{args.backend} N={n}: starting a fresh engine")
     engine = EngineProcess(args.backend, model=args.model, threads=args.threads, context_s=args.context,
                            hop_s=args.hop, cache_dir=args.cache_dir).start()
-    workers = Workers(engine.ingest, audio)
+    workers = Workers(engine.ingest, audio, worker_frame_ms(args))
     try:
         time.sleep(1.0)
         idle = engine.samples[-1]["rss"] if engine.samples else 0

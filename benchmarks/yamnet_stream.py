@@ -46,7 +46,8 @@ class YamNetStreams:
         idx = np.arange(end - self.context, end) % len(self.audio)
         return self.audio[idx]
 
-    def run(self, n_streams: int, seconds: float, warmup_s: float = 0.5) -> dict:
+    def run(self, n_streams: int, seconds: float, warmup_s: float = 0.5, stop_on_skip: bool = False) -> dict:
+        """stop_on_skip: end at the first hop skipped in the measured span (a soak has failed then)."""
         hop = self.hop_s
         rings = np.zeros((n_streams, self.context), np.float32)  # each stream's context, as a streamer holds it
         offsets = [i * len(self.audio) // max(n_streams, 1) for i in range(n_streams)]
@@ -71,6 +72,9 @@ class YamNetStreams:
                     when += behind * hop
                     if when >= t_measure:
                         skipped += behind
+                        if stop_on_skip:
+                            last_done = now
+                            break
             start = time.monotonic()
             end_sample = offsets[i] + round((when - t0 - phases[i]) * SAMPLE_RATE)
             rings[i] = self._segment(end_sample)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamer.capture.pusher import MIN_FRAME_MS
 from streamer.config import ConfigError, ConfigWatcher, EngineConfig, config_json_schema, load_config
 
 DEFAULT_CONFIG = Path("configs/default.yaml")
@@ -74,9 +75,23 @@ def _stream_name(stem: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", stem)[:64] or "stream"
 
 
-def worker_command(source, endpoint: str) -> list[str]:
-    """The capture worker command line for a configured source (URLs go through the environment)."""
+WORKER_FRAME_CAP_MS = 500  # 192 kHz x 8 ch float32 stays under the wire's 4 MiB payload
+
+
+def frame_ms_for_hop(hop_s: float) -> int:
+    """The frame length the engine's own workers send: one frame per hop, up to 500 ms.
+
+    The engine cannot analyse a hop before the hop's last sample has arrived, so shorter frames buy
+    no latency; each frame costs a worker wake-up and an engine receive, and at 100 ms frames the
+    workers of 128 streams used about a quarter of a 2-core machine (docs/capacity.md)."""
+    return min(max(round(hop_s * 1000), MIN_FRAME_MS), WORKER_FRAME_CAP_MS)
+
+
+def worker_command(source, endpoint: str, frame_ms: int | None = None) -> list[str]:
+    """The capture worker command line for a configured source (URLs go through the environment);
+    frame_ms: the worker's --frame-ms (None: the worker's default)."""
     cmd = [sys.executable, "-m", "streamer.capture", source.kind, "--endpoint", endpoint, "--stream", source.name]
+    cmd += [f"--frame-ms={frame_ms}"] if frame_ms is not None else []
     if source.kind == "file":
         cmd += [str(source.path), "--realtime" if source.realtime else "--fast"]
         cmd += ["--loop"] if source.loop else []
@@ -125,7 +140,8 @@ def failure_reason(returncode: int) -> str:
 
 class WorkerSupervisor:
     """Starts one capture worker per source and restarts any that exits, with capped backoff.
-    extra_args: appended to every worker's command line (the engine's CURVE flags).
+    extra_args: appended to every worker's command line (the engine's CURVE flags); frame_ms: each
+    worker's frame length (frame_ms_for_hop of the engine's hop; None: the workers' default).
 
     Every error exit is counted (`failures`, by (source, reason)) and handed to on_failure (the
     engine's counters, so a metric shows it). A file source that is not looped is not restarted
@@ -133,8 +149,9 @@ class WorkerSupervisor:
     would fail again or send its first part twice; `gave_up` names those sources."""
 
     def __init__(self, sources, endpoint: str, extra_args: list[str] | None = None, metrics_port: int | None = None,
-                 on_failure: Callable[[str, str], None] | None = None):
+                 on_failure: Callable[[str, str], None] | None = None, frame_ms: int | None = None):
         self.on_failure = on_failure
+        self.frame_ms = frame_ms
         self.failures: Counter = Counter()
         self.gave_up: set[str] = set()
         self.sources = {s.name: s for s in sources}
@@ -149,7 +166,7 @@ class WorkerSupervisor:
     def start(self, name: str) -> None:
         s = self.sources[name]
         metrics = ["--metrics-port", str(self.metrics_ports[name])] if name in self.metrics_ports else []
-        self.procs[name] = subprocess.Popen(worker_command(s, self.endpoint) + self.extra_args + metrics,
+        self.procs[name] = subprocess.Popen(worker_command(s, self.endpoint, self.frame_ms) + self.extra_args + metrics,
                                             env=worker_env(s), stdin=subprocess.DEVNULL)
         log.info("worker %s (%s) started, pid %d", name, s.kind, self.procs[name].pid)
 
@@ -275,7 +292,8 @@ def run_main(argv: list[str]) -> int:
         engine.counters.source_failures[(name, reason)] += 1
 
     supervisor = WorkerSupervisor(cfg.sources, engine.ingest_endpoint, engine.worker_args,
-                                  cfg.metrics.port if metrics is not None else None, count_failure)
+                                  cfg.metrics.port if metrics is not None else None, count_failure,
+                                  frame_ms=frame_ms_for_hop(cfg.context.hop_s))
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))

@@ -352,3 +352,25 @@ def test_backoff_is_capped_jittered_and_resets():
         assert 0.5 * nominal <= delay <= nominal
     backoff.reset()
     assert backoff.next_delay() <= 0.5
+
+
+def test_the_engines_own_workers_send_one_frame_per_hop(pull, tmp_path):
+    """A hop cannot be analysed before its last sample is in, so the workers `main.py` starts send
+    whole hops (fewer wake-ups and receives, the same latency); capped at 500 ms per frame."""
+    from streamer.cli import WorkerSupervisor, frame_ms_for_hop
+    from streamer.config import EngineConfig
+
+    assert (frame_ms_for_hop(0.5), frame_ms_for_hop(0.32), frame_ms_for_hop(2.0)) == (500, 320, 500)
+    sock, endpoint = pull
+    path = tmp_path / "noise.wav"
+    sf.write(path, np.random.default_rng(0).uniform(-0.3, 0.3, 16000 * 3).astype(np.float32), 16000,
+             subtype="PCM_16")
+    cfg = EngineConfig.model_validate({"prompts": [{"label": "x", "text": "a dog barking"}],
+                                       "sources": [{"kind": "file", "name": "f", "path": str(path), "realtime": False}]})
+    supervisor = WorkerSupervisor(cfg.sources, endpoint, frame_ms=frame_ms_for_hop(cfg.context.hop_s))
+    supervisor.start_all()
+    try:
+        frames = receive_seconds(sock, 3.0)
+    finally:
+        supervisor.stop()
+    assert [f.sample_count for f in frames] == [8000] * 6  # 0.5 s hops: 3 s in six frames
