@@ -9,10 +9,12 @@ Prompts: one that opens an event per stream and keeps it open, one that starts a
 every few seconds on the random-weights model (thresholds around its scores), two ordinary ones.
 
 Every --sample-s seconds one line: RSS, hops, deadline misses, frames received / dropped /
-rejected, queued frames, events published / received, event log writes / errors. The summary
-compares RSS after the warm-up (the first quarter, at most 60 s: contexts fill to their full
-length, caches settle) with the end, and fits a line through the samples after the warm-up
-(MB per hour). A deadline miss is a window whose queue wait plus step took longer than its hop.
+rejected, queued frames, events published / received, event log writes / errors, and the CPU the
+hypervisor took from the machine (steal, on a virtual machine: misses in the same stretch are
+likely its). The summary compares RSS after the warm-up (the first quarter, at most 60 s:
+contexts fill to their full length, caches settle) with the end, and fits a line through the
+samples after the warm-up (MB per hour). A deadline miss is a window whose queue wait plus step
+took longer than its hop.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class Sample:
     events_received: int
     log_writes: int
     log_errors: int
+    steal_s: float = 0.0  # the machine's CPU taken by the hypervisor since the last sample (harness.steal_seconds)
 
 
 @dataclass
@@ -112,10 +115,12 @@ class SoakResult:
     seq_gaps: int = 0
     worker_restarts: int = 0
     busy_per_audio: float = 0.0  # real-time factor of the engine
+    steal_s: float = 0.0  # CPU seconds the hypervisor took from this machine during the soak
 
 
 def soak(streams: int, minutes: float, sample_s: float = 10.0, model: str = "slap-tiny", backend_kind: str = "onnx",
          threads: int = 0, printer=print) -> SoakResult:
+    from benchmarks.harness import steal_seconds
     from encoder.runtime import open_backend
     from streamer.cli import WorkerSupervisor, frame_ms_for_hop
     from streamer.config import EngineConfig
@@ -146,12 +151,13 @@ def soak(streams: int, minutes: float, sample_s: float = 10.0, model: str = "sla
                                   frame_ms=frame_ms_for_hop(cfg.context.hop_s))
     supervisor.start_all()
     result = SoakResult(streams, minutes)
+    steal0 = steal_seconds()
     received, last_seq, gaps = 0, {}, 0
     t0 = time.monotonic()
     end = t0 + minutes * 60
     next_sample = t0 + sample_s
     printer(f"{'t':>6} {'rss MB':>7} {'workers':>8} {'hops':>7} {'misses':>7} {'frames':>8} {'dropped':>8} "
-            f"{'rejected':>8} {'queued':>6} {'events':>7} {'recv':>6} {'log w':>6} {'log err':>7}")
+            f"{'rejected':>8} {'queued':>6} {'events':>7} {'recv':>6} {'log w':>6} {'log err':>7} {'steal s':>7}")
     try:
         while time.monotonic() < end:
             engine.poll_once(20)
@@ -169,11 +175,12 @@ def soak(streams: int, minutes: float, sample_s: float = 10.0, model: str = "sla
                 s = Sample(round(now - t0, 1), rss_mb()[0], sum(rss_mb(pr.pid)[0] for pr in supervisor.procs.values()),
                            c.hops, c.deadline_misses, sum(c.frames_received.values()), sum(c.frames_dropped.values()),
                            sum(c.frames_rejected.values()), engine.queued_frames, p.events_sent, received,
-                           log.writes, log.write_errors)
+                           log.writes, log.write_errors, steal_seconds() - steal0)
+                steal0 += s.steal_s
                 result.samples.append(s)
                 printer(f"{s.t_s:>6.0f} {s.rss_mb:>7.1f} {s.workers_rss_mb:>8.0f} {s.hops:>7} {s.deadline_misses:>7} "
                         f"{s.frames_received:>8} {s.frames_dropped:>8} {s.frames_rejected:>8} {s.queued:>6} "
-                        f"{s.events_sent:>7} {s.events_received:>6} {s.log_writes:>6} {s.log_errors:>7}")
+                        f"{s.events_sent:>7} {s.events_received:>6} {s.log_writes:>6} {s.log_errors:>7} {s.steal_s:>7.1f}")
     finally:
         supervisor.stop()
         c = engine.counters
@@ -186,6 +193,7 @@ def soak(streams: int, minutes: float, sample_s: float = 10.0, model: str = "sla
         engine.close()
         sub.close(0)
     result.rss_peak_mb = rss_mb()[1]
+    result.steal_s = sum(s.steal_s for s in result.samples)
     if len(e2e):
         result.e2e_p50_s, result.e2e_p99_s = e2e.percentile(50), e2e.percentile(99)
     warm = min(len(result.samples) // 4, max(1, int(60 / sample_s)))
@@ -207,6 +215,8 @@ def summary(r: SoakResult) -> str:
         f"  hops {r.hops}, deadline misses {r.deadline_misses} ({miss:.1%}), engine busy/audio {r.busy_per_audio:.2f}, "
         f"end-to-end p50 {r.e2e_p50_s * 1e3:.0f} ms p99 {r.e2e_p99_s * 1e3:.0f} ms",
         f"  frames dropped {r.frames_dropped or 0}, rejected {r.frames_rejected or 0}, worker restarts {r.worker_restarts}",
+        f"  hypervisor steal {r.steal_s:.0f} CPU s ({r.steal_s / max(r.minutes * 60 * (os.cpu_count() or 1), 1):.1%} "
+        "of the machine; per sample in the steal column, to compare with when misses happen)",
         f"  events sent {r.events_sent}, dropped {r.events_dropped}, received by the subscriber {r.events_received} "
         f"(seq gaps {r.seq_gaps})",
     ])
