@@ -364,20 +364,25 @@ def _stop(proc: subprocess.Popen) -> None:
 # ------------------------------------------------------------------------------------ the host
 
 
-def host_cpu_seconds() -> float:
-    """CPU seconds used on this machine by everything since boot (/proc/stat: all but idle and iowait)."""
+def _proc_stat_cpu() -> tuple[float, ...]:
+    """The machine's CPU seconds since boot by kind (/proc/stat's first line): user, nice, system,
+    idle, iowait, irq, softirq, steal."""
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return tuple(x / tick for x in (fields + [0] * 8)[:8])
+
+
+def host_cpu_seconds() -> float:
+    """CPU seconds used on this machine by everything since boot (/proc/stat: all but idle and iowait)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = _proc_stat_cpu()
+    return user + nice + system + irq + softirq + steal
 
 
 def steal_seconds() -> float:
     """CPU seconds the hypervisor gave other guests while this machine wanted them, since boot
     (/proc/stat steal): on a virtual machine, the share of a deadline miss no code here caused."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return (fields + [0] * 8)[7] / os.sysconf("SC_CLK_TCK")
+    return _proc_stat_cpu()[7]
 
 
 def own_cpu_seconds() -> float:

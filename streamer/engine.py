@@ -708,7 +708,7 @@ class Engine:
         if n == 0:
             return False
         active = sum(1 for s in self.streams.values() if not s.stale)
-        return (active <= 1 or n >= self.max_batch or lossless or not wait or oldest is None
+        return (active <= 1 or n >= self.max_batch or lossless or oldest is None
                 or time.monotonic() - oldest >= wait)
 
     def _batch_wait_left_ms(self) -> int:
