@@ -3,7 +3,7 @@
     python main.py --source mic|file:PATH|synth|net:URL [--config F]   run the engine
     python main.py model --config slap-tiny                              model summary
     python main.py data build [--out DIR] [--hours H]                    build the training corpus
-    python main.py train ... | eval ... | export ... | bench ...         (see each --help)
+    python main.py train ... | stream-tune ... | eval ... | export ... | bench ...  (see each --help)
     python main.py search "a dog barking" [--since 1d] [--stream NAME]   rank past audio by text
     python main.py web [--host H --port P --token T]                     the web view
 
@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "model": "encoder.summary:main",
     "data": "encoder.data.build:cli",
     "train": "encoder.train:main",
+    "stream-tune": "encoder.stream_tune:main",
     "eval": "encoder.evaluate:main",
     "export": "encoder.export:main",
     "bench": "benchmarks.cli:main",

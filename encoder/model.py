@@ -8,6 +8,11 @@ Every layer runs over a token grid described by three integer tensors of shape (
 within its row; -1 = padding). Padded batches use one clip per row (seg 0); packed
 batches put several clips in a row and attention never crosses `seg`. The same code
 runs both, which is why packed and padded outputs agree.
+
+A fourth, optional tensor `hop` (B, N) makes attention block-causal, the streaming engine's
+view (encoder/incremental.py): a token attends only to tokens of its own hop or earlier ones,
+so the whole-window pass computes what the hop-by-hop encoder computes, and training can
+teach the streamed path (encoder/stream_tune.py).
 """
 
 from __future__ import annotations
@@ -159,15 +164,19 @@ def patchify(mel: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2, 4).reshape(B, C * FREQ_PATCHES, PATCH_DIM)  # (B, C, F, 16, 16) -> tokens
 
 
-def attention_masks(pos_t: torch.Tensor, seg: torch.Tensor, window_columns: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boolean masks (B, 1, N, N) for local and global blocks.
+def attention_masks(pos_t: torch.Tensor, seg: torch.Tensor, window_columns: int,
+                    hop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean masks (B, 1, N, N) for global and local blocks.
 
     A token attends within its own clip (same seg, not padding); local blocks further limit
-    it to columns within +-window_columns // 2. Padding queries attend to themselves only,
-    which keeps their (discarded) outputs finite.
+    it to columns within +-window_columns // 2. With `hop` (B, N), the hop that first encodes
+    each token's column, a token also never attends to a later hop's tokens. Padding queries
+    attend to themselves only, which keeps their (discarded) outputs finite.
     """
     valid = seg >= 0
     same = (seg[:, :, None] == seg[:, None, :]) & valid[:, :, None] & valid[:, None, :]  # (B, N, N)
+    if hop is not None:
+        same = same & (hop[:, None, :] <= hop[:, :, None])
     idx = torch.arange(seg.shape[1], device=seg.device)
     pad_self = (idx[:, None] == idx[None, :])[None] & ~valid[:, :, None]  # not torch.eye: ONNX has no bool EyeLike
     near = (pos_t[:, :, None] - pos_t[:, None, :]).abs() <= window_columns // 2
@@ -215,10 +224,12 @@ class AudioEncoder(nn.Module):
             x = torch.where(token_mask[..., None], self.mask_token.to(x.dtype), x)
         return x
 
-    def trunk(self, x: torch.Tensor, pos_t: torch.Tensor, pos_f: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        """The transformer over a token grid: x (B, N, D) -> (B, N, D) after the final norm."""
+    def trunk(self, x: torch.Tensor, pos_t: torch.Tensor, pos_f: torch.Tensor, seg: torch.Tensor,
+              hop: torch.Tensor | None = None) -> torch.Tensor:
+        """The transformer over a token grid: x (B, N, D) -> (B, N, D) after the final norm;
+        hop (B, N) or None: block-causal attention by hop (`attention_masks`)."""
         rope = self.rotary.angles(pos_t, pos_f)
-        global_mask, local_mask = attention_masks(pos_t, seg, self.cfg.window_columns)
+        global_mask, local_mask = attention_masks(pos_t, seg, self.cfg.window_columns, hop)
         for block in self.blocks:
             x = block(x, rope, local_mask, global_mask)
         return self.norm(x)
@@ -236,11 +247,15 @@ class AudioEncoder(nn.Module):
         )
 
     # -- padded execution (inference, export) -----------------------------------------
-    def forward(self, mel: torch.Tensor, lengths: torch.Tensor, token_mask: torch.Tensor | None = None) -> AudioOutput:
-        """mel: (B, 64, T) float32 normalised log-mel, lengths: (B,) valid frames per clip."""
+    def forward(self, mel: torch.Tensor, lengths: torch.Tensor, token_mask: torch.Tensor | None = None,
+                column_hop: torch.Tensor | None = None) -> AudioOutput:
+        """mel: (B, 64, T) float32 normalised log-mel, lengths: (B,) valid frames per clip;
+        column_hop (B, T // 16) int or None: the hop that first encodes each column, for the
+        streaming engine's block-causal view (None: every token sees the whole clip)."""
         x = self.embed(mel, token_mask)
         pos_t, pos_f, seg = self.grid(lengths, x.shape[1])
-        tokens = self.trunk(x, pos_t, pos_f, seg)
+        hop = None if column_hop is None else column_hop.repeat_interleave(FREQ_PATCHES, dim=1)
+        tokens = self.trunk(x, pos_t, pos_f, seg, hop)
         pooled = self.map_head(tokens, seg, 1)[:, 0]  # (B, D)
         return self.heads_out(tokens, seg >= 0, pooled)
 

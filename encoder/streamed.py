@@ -65,6 +65,27 @@ def hop_ends(n_samples: int, hop_s: float = HOP_S, context_s: float = CONTEXT_S)
     return ends
 
 
+def column_hops(ends: list[int]) -> np.ndarray:
+    """The encoder call that first encodes each column, from the calls' end columns (`hop_ends`):
+    (ends[-1],) int64, columns [ends[k - 1], ends[k]) -> k. Given to the whole-window encoder
+    (`AudioEncoder.forward(column_hop=...)`) it makes attention block-causal by hop, so one pass
+    computes what the hop-by-hop encoder computes for a clip that fits its context."""
+    sizes = np.diff(np.concatenate([[0], np.asarray(ends, np.int64)]))
+    if (sizes <= 0).any():
+        raise ValueError(f"hop ends must increase from above 0, got {list(ends)[:8]}")
+    return np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+
+
+def grid_ends(n_cols: int, phase_frames: int = 0, hop_s: float = HOP_S) -> list[int]:
+    """The end columns of the hops over n_cols columns of a stream whose hop grid started
+    phase_frames (0 <= phase < one hop) before the first column, the last call ending at n_cols:
+    the hop structure of any stretch of a live stream, for training the streamed view."""
+    hop_frames = round(hop_s * FRAMES_PER_SECOND)
+    ends = [e for k in range(1, n_cols * PATCH_FRAMES // hop_frames + 2)
+            if 0 < (e := (k * hop_frames - phase_frames) // PATCH_FRAMES) < n_cols]
+    return sorted(set(ends)) + [n_cols]
+
+
 def new_stream_cache(backend, max_columns: int) -> StreamCache:
     """An empty cache for one stream, as the engine makes it (Engine._stream)."""
     return StreamCache(max_columns, backend.cache_spec)

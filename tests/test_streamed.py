@@ -28,7 +28,18 @@ from encoder.clipset import ClipSetItem
 from encoder.frontend import COLUMN_SAMPLES, PATCH_FRAMES, scored_columns
 from encoder.runtime.onnx_backend import OnnxBackend
 from encoder.runtime.stream_cache import encode_new_columns
-from encoder.streamed import hop_ends, new_stream_cache, parse_variants, stream_clip, stream_clips, whole_clip
+from encoder.frontend import log_mel, pad_to_columns
+from encoder.runtime.torch_backend import TorchBackend
+from encoder.streamed import (
+    column_hops,
+    grid_ends,
+    hop_ends,
+    new_stream_cache,
+    parse_variants,
+    stream_clip,
+    stream_clips,
+    whole_clip,
+)
 from streamer.context import StreamContext
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +126,39 @@ def test_one_hop_over_a_context_longer_than_the_clip_is_the_whole_clip_encode(ba
         assert cols.shape == ref_cols.shape == (scored_columns(len(x)), backend.manifest["embed_dim"])
         np.testing.assert_allclose(cols, ref_cols, atol=1e-5, rtol=1e-4)
         np.testing.assert_allclose(glob, ref_glob, atol=1e-5, rtol=1e-4)
+
+
+def test_the_whole_window_pass_made_block_causal_by_hop_is_the_hop_by_hop_encoder(cache_dir, sounds):
+    """What the streaming fine-tune trains (encoder/stream_tune.py) is what the engine runs."""
+    import torch
+
+    torch_backend = TorchBackend(next((cache_dir / "models").glob("*.safetensors")))
+    for name in ("chirp", "speech", "knock"):
+        x = sounds[name]
+        cols, glob = stream_clip(torch_backend, x)
+        mel = log_mel(pad_to_columns(x))[None]
+        hops = column_hops(hop_ends(len(x)))
+        assert len(hops) == cols.shape[0]
+        with torch.no_grad():
+            out = torch_backend.model.audio(torch.from_numpy(mel), torch.tensor([mel.shape[-1]]),
+                                            column_hop=torch.from_numpy(hops)[None])
+        n = len(hops)
+        np.testing.assert_allclose(out.columns[0, :n].numpy(), cols, atol=2e-5, rtol=1e-4)
+        np.testing.assert_allclose(out.global_emb[0].numpy(), glob, atol=2e-5, rtol=1e-4)
+        if name == "speech":  # and not the bidirectional pass, whose early columns see later audio
+            ref_cols, _ = whole_clip(torch_backend, x)
+            assert np.abs(ref_cols[:3] - cols[:3]).max() > 1e-3
+
+
+def test_a_stretch_of_a_live_stream_has_the_hop_grid_of_its_phase():
+    assert grid_ends(19) == hop_ends(19 * COLUMN_SAMPLES)  # phase 0: the grid of a stream's start
+    assert grid_ends(19, phase_frames=10) == [2, 5, 8, 11, 15, 18, 19]  # hops at frames 40, 90, ...
+    assert list(column_hops([2, 5, 6])) == [0, 0, 1, 1, 1, 2]
+    for phase in range(50):
+        ends = grid_ends(40, phase)
+        assert ends[-1] == 40 and all(0 < b - a <= 4 for a, b in zip([0] + ends, ends))
+    with pytest.raises(ValueError, match="must increase"):
+        column_hops([3, 3])
 
 
 def test_the_hops_are_the_engines_whole_columns_then_the_padded_tail():
