@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from encoder.checkpoint import inference_state, load_model
-from encoder.stream_tune import TuneConfig, hop_grid, parse_args, tune
+from encoder.stream_tune import TuneConfig, hop_grid, parse_args, ranking_kl, tune
 from tests.tone_corpus import ToneCorpus
-
 
 START = Path(__file__).parents[1] / "models" / "slap-tiny-v2-wip.safetensors"
 
@@ -39,6 +38,7 @@ def test_the_causal_path_comes_to_follow_the_whole_window_and_the_rest_stays(sta
     dev = [r for r in log if "dev_cos_global" in r]  # fixed views, the causal path against the whole window
     assert dev[-1]["dev_cos_global"] > dev[0]["dev_cos_global"]
     assert dev[-1]["dev_cos_columns"] > dev[0]["dev_cos_columns"]
+    assert 0 <= dev[-1]["dev_same_top1"] <= 1
     # the whole-window path stays nearer the starting weights than the causal path ever was
     assert np.mean([r["anchor"] for r in train]) < np.mean([r["stream"] for r in train])
     start, tuned = load_model(start_weights), load_model(summary["weights"])
@@ -68,6 +68,15 @@ def test_the_hop_grid_covers_every_column_once_per_view():
         assert hops[0] == 0 and np.all(np.diff(hops) >= 0) and np.all(np.diff(hops) <= 1)
         assert np.bincount(hops).max() <= 4  # a 0.5 s hop brings 3 or 4 columns of 160 ms
         assert np.all(row[n:] > hops[-1])  # padding: after every real column
+
+
+def test_the_ranking_term_is_zero_for_the_same_ranking_and_grows_as_the_ranking_moves():
+    prompts = torch.nn.functional.normalize(torch.randn(50, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    r = prompts[3] + 0.1 * prompts[7]  # nearest prompt 3, then 7
+    assert ranking_kl(r, r, prompts, 19.0).abs() < 1e-6
+    assert ranking_kl(2.5 * r, r, prompts, 19.0).abs() < 1e-6  # a scaled embedding ranks alike
+    near, far = r + 0.05 * prompts[9], r + 0.5 * prompts[9]
+    assert 0 < ranking_kl(near, r, prompts, 19.0) < ranking_kl(far, r, prompts, 19.0)
 
 
 def test_bad_lengths_are_one_line(capsys):

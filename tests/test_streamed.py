@@ -25,10 +25,9 @@ import soundfile as sf
 
 import encoder.export as export_mod
 from encoder.clipset import ClipSetItem
-from encoder.frontend import COLUMN_SAMPLES, PATCH_FRAMES, scored_columns
+from encoder.frontend import COLUMN_SAMPLES, PATCH_FRAMES, log_mel, pad_to_columns, scored_columns
 from encoder.runtime.onnx_backend import OnnxBackend
 from encoder.runtime.stream_cache import encode_new_columns
-from encoder.frontend import log_mel, pad_to_columns
 from encoder.runtime.torch_backend import TorchBackend
 from encoder.streamed import (
     column_hops,
