@@ -11,7 +11,7 @@ view alike; the whole-window path is held to the frozen copy too, so the clip-le
 (`main.py tag --scores`) and the text space it was trained into stay where they were.
 
     python main.py stream-tune --init-from models/slap-tiny-v2-wip.safetensors --corpus cache/corpus-v2 \\
-        --out runs/stream-tune --steps 300 --max-seconds 6
+        --out runs/stream-tune          # 300 steps, views up to 6 s; --score-weight 0: the cosines only
 
 Measured (docs/capacity.md, "The streamed global embedding"): 300 steps on 2 CPU cores did not
 close the streamed clip-set gap, with the cosine terms alone or with the ranking term; the shipped
@@ -64,14 +64,14 @@ class TuneConfig:
     init_from: str = "models/slap-tiny-v2-wip.safetensors"
     corpus: str = "cache/corpus-v2"
     out: str = "runs/stream-tune"
-    steps: int = 600
+    steps: int = 300  # what was measured (docs/capacity.md)
     batch_size: int = 32
     lr: float = 1e-4  # a fine-tune of trained weights: a fifth of the training rate
     warmup_steps: int = 20
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.05
     grad_clip: float = 1.0
-    max_seconds: float = 8.0  # view length: the clip sets hold 1.5-10 s clips
+    max_seconds: float = 6.0  # longest view, as the main training's crops
     min_seconds: float = 1.0  # half the views are cut to a length drawn in [min, their own]
     anchor_weight: float = 1.0
     score_weight: float = 1.0  # the prompt-ranking (KL) part of `follow`; 0 = cosines only
@@ -83,8 +83,8 @@ class TuneConfig:
 
 
 def hop_grid(n_cols: list[int], rng: np.random.Generator) -> torch.Tensor:
-    """(B, max C) int64: the hop of each column of each view, the hop grid at a random phase (a
-    stream's start, phase 0, half the time: the clip sets are streamed from their start)."""
+    """(B, max C) int64: the hop of each column of each view, the hop grid at a random phase, and
+    half the time at a stream's start (phase 0), where every file `main.py tag` streams begins."""
     out = np.zeros((len(n_cols), max(n_cols)), np.int64)
     for i, c in enumerate(n_cols):
         phase = 0 if rng.random() < 0.5 else int(rng.integers(HOP_FRAMES))
