@@ -4,7 +4,7 @@ The engine encodes each 0.5 s hop's new columns against cached keys and values (
 a cached token never saw the audio after its own hop. A model trained on whole crops only pays for
 that twice: the newest columns, the ones the detector scores, lack right context, and the global
 embedding pools tokens that each lacked it (clip-set top-1 1.9 points below the whole-clip pass for
-slap-tiny v2-wip). This fine-tune distils the model into itself: a frozen copy of the starting
+slap-tiny v2-wip at step 880). This fine-tune distils the model into itself: a frozen copy of the starting
 weights, run over the whole view, is the target of the same view run block-causally by hop (any
 phase of the hop grid, as in any stretch of a live stream), so both paths of the tuned model score a
 view alike; the whole-window path is held to the frozen copy too, so the clip-level scores
@@ -54,7 +54,7 @@ from encoder.checkpoint import load_model, save_training_checkpoint, save_weight
 from encoder.frontend import COLUMN_SAMPLES, FRAMES_PER_SECOND, PATCH_FRAMES, log_mel, pad_to_columns
 from encoder.model import AudioEncoder, AudioOutput
 from encoder.streamed import HOP_S, column_hops, grid_ends
-from encoder.train import ClipSampler, TrainConfig
+from encoder.train import ClipSampler, TrainConfig, configure_optimizer, lr_at
 
 HOP_FRAMES = round(HOP_S * FRAMES_PER_SECOND)  # 50: the engine's default hop, in log-mel frames
 
@@ -158,13 +158,6 @@ def prompt_space(model, corpus) -> PromptSpace:
                        math.exp(model.frame_loss.log_scale.item()))
 
 
-def lr_at(step: int, cfg: TuneConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
-
-
 @torch.no_grad()
 def dev_cos(audio: AudioEncoder, views: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
             space: PromptSpace | None = None) -> dict[str, float]:
@@ -213,11 +206,10 @@ def tune(cfg: TuneConfig, corpus=None) -> dict:
     model = load_model(cfg.init_from)  # the whole SLAP, so its text tower and calibration are saved with it
     ref = copy.deepcopy(model.audio).eval().requires_grad_(False)  # the frozen target: the starting weights
     student = model.audio.train()
-    params = list(student.parameters())  # the only ones the optimizer holds (requires_grad elsewhere
-    # is left as the model has it: it also says which text-tower weights the inference file keeps)
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    # Only the audio encoder is optimised; requires_grad elsewhere stays as the model has it, since it
+    # also says which text-tower weights the inference file keeps (encoder.checkpoint.inference_state).
+    params = list(student.parameters())
+    opt = configure_optimizer(student, cfg)  # and lr_at: the training's AdamW and schedule, on the fields they share
     step = 0
     ckpt_path = out / "ckpt.pt"
     if ckpt_path.exists():

@@ -378,8 +378,9 @@ def init_from_weights(model: SLAP, path: str) -> None:
     model.teacher["audio"].load_state_dict(model.audio.state_dict())
 
 
-def configure_optimizer(model: SLAP, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; weight decay only on matrices (dim >= 2), never on norms, scales or biases."""
+def configure_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    """AdamW over model's trainable parameters (a SLAP, or one tower of it: encoder/stream_tune.py),
+    at cfg.lr with cfg.weight_decay only on matrices (dim >= 2), never on norms, scales or biases."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
