@@ -261,7 +261,8 @@ class AudioEncoder(nn.Module):
 
     # -- packed execution (training) ---------------------------------------------------
     def forward_packed(
-        self, mel: torch.Tensor, lengths: torch.Tensor, token_mask: torch.Tensor | None = None, row_tokens: int = 1024
+        self, mel: torch.Tensor, lengths: torch.Tensor, token_mask: torch.Tensor | None = None, row_tokens: int = 1024,
+        column_hop: torch.Tensor | None = None,
     ) -> AudioOutput:
         """Same inputs and outputs as `forward`, but the clips' valid tokens are packed into rows
         of `row_tokens` (first-fit decreasing) so no compute is spent on padding."""
@@ -277,7 +278,12 @@ class AudioEncoder(nn.Module):
         sp = torch.full_like(tp, -1)
         tp[dest], fp[dest], sp[dest] = pos_t[valid], pos_f[valid], plan.token_seg.to(x.device)
         shape = (plan.rows, plan.row_len)
-        tokens_p = self.trunk(xp.view(*shape, D), tp.view(shape), fp.view(shape), sp.view(shape))
+        hp = None
+        if column_hop is not None:  # hops compare only within a segment, so packing keeps them
+            hp = torch.zeros_like(tp)
+            hp[dest] = column_hop.repeat_interleave(FREQ_PATCHES, dim=1)[valid]
+            hp = hp.view(shape)
+        tokens_p = self.trunk(xp.view(*shape, D), tp.view(shape), fp.view(shape), sp.view(shape), hp)
         pooled_p = self.map_head(tokens_p, sp.view(shape), plan.max_segments)  # (R, S, D)
         tokens = x.new_zeros(B, N, D)
         tokens[valid] = tokens_p.reshape(-1, D)[dest]

@@ -151,6 +151,10 @@ class Batch:
     # (B,) bool: the clip has corpus labels; None = all have. Unlabelled views (teacher-named
     # audio) skip the frame and clip terms, whose all-zero labels would read as "nothing sounds".
     labelled: torch.Tensor | None = None
+    # (B, C) int64: the hop that first encodes each column of a view the student sees block-causally,
+    # as the streaming engine encodes it (encoder.streamed.hop_grid); a row of 0s sees the whole
+    # view; None = every view whole.
+    column_hop: torch.Tensor | None = None
 
 
 class PrototypeHead(nn.Module):
@@ -211,7 +215,7 @@ class SLAP(nn.Module):
         n_masked = int(round(B * self.cfg.ssl.masked_clip_fraction)) if w["ssl"] else 0
         token_mask = random_token_mask(batch.lengths, n_tokens, self.cfg.ssl.mask_ratio, generator)
         token_mask[n_masked:] = False
-        student = self.audio.forward_packed(batch.mel, batch.lengths, token_mask, self.cfg.row_tokens)
+        student = self.audio.forward_packed(batch.mel, batch.lengths, token_mask, self.cfg.row_tokens, batch.column_hop)
 
         text = self.text.proj(batch.text_feats) if batch.text_feats is not None else self.text(batch.text_ids, batch.text_mask)
         terms = self.clap_loss(student.global_emb, text)

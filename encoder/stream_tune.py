@@ -53,10 +53,9 @@ import torch.nn.functional as F
 from encoder.checkpoint import load_model, save_training_checkpoint, save_weights
 from encoder.frontend import COLUMN_SAMPLES, FRAMES_PER_SECOND, PATCH_FRAMES, log_mel, pad_to_columns
 from encoder.model import AudioEncoder, AudioOutput
-from encoder.streamed import HOP_S, column_hops, grid_ends
+from encoder.streamed import column_hops, grid_ends, hop_grid
 from encoder.train import ClipSampler, TrainConfig, configure_optimizer, lr_at
 
-HOP_FRAMES = round(HOP_S * FRAMES_PER_SECOND)  # 50: the engine's default hop, in log-mel frames
 
 
 @dataclass
@@ -80,18 +79,6 @@ class TuneConfig:
     log_every: int = 10
     ckpt_every: int = 50
     dev_clips: int = 200  # corpus dev clips for the dev_cos measurement (start, every ckpt, end)
-
-
-def hop_grid(n_cols: list[int], rng: np.random.Generator) -> torch.Tensor:
-    """(B, max C) int64: the hop of each column of each view, the hop grid at a random phase, and
-    half the time at a stream's start (phase 0), where every file `main.py tag` streams begins."""
-    out = np.zeros((len(n_cols), max(n_cols)), np.int64)
-    for i, c in enumerate(n_cols):
-        phase = 0 if rng.random() < 0.5 else int(rng.integers(HOP_FRAMES))
-        hops = column_hops(grid_ends(c, phase))
-        out[i, :c] = hops
-        out[i, c:] = hops[-1] + 1  # padding: never attended (seg -1), any later hop
-    return torch.from_numpy(out)
 
 
 def view_batch(sampler: ClipSampler, cfg: TuneConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,7 +229,7 @@ def tune(cfg: TuneConfig, corpus=None) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         mel, lengths = view_batch(sampler, cfg, rng)
-        hops = hop_grid((lengths // PATCH_FRAMES).tolist(), rng)
+        hops = torch.from_numpy(hop_grid((lengths // PATCH_FRAMES).tolist(), rng))
         with torch.no_grad():
             r = ref(mel, lengths)
         stream = follow_loss(student(mel, lengths, column_hop=hops), r, space, cfg.score_weight)

@@ -86,6 +86,23 @@ def grid_ends(n_cols: int, phase_frames: int = 0, hop_s: float = HOP_S) -> list[
     return sorted(set(ends)) + [n_cols]
 
 
+def hop_grid(n_cols: list[int], rng: np.random.Generator, p_causal: float = 1.0) -> np.ndarray:
+    """(B, max C) int64 `column_hop` rows for training views of n_cols columns each: with
+    probability p_causal a view is block-causal by the hop grid at a random phase, half the time
+    at a stream's start (phase 0, where every file `main.py tag` streams begins); otherwise its row
+    is all 0, one hop, so every token sees the whole view."""
+    hop_frames = round(HOP_S * FRAMES_PER_SECOND)
+    out = np.zeros((len(n_cols), max(n_cols, default=0)), np.int64)
+    for i, c in enumerate(n_cols):
+        if c == 0 or rng.random() >= p_causal:
+            continue
+        phase = 0 if rng.random() < 0.5 else int(rng.integers(hop_frames))
+        hops = column_hops(grid_ends(c, phase))
+        out[i, :c] = hops
+        out[i, c:] = hops[-1] + 1  # padding: never attended (seg -1), any later hop
+    return out
+
+
 def new_stream_cache(backend, max_columns: int) -> StreamCache:
     """An empty cache for one stream, as the engine makes it (Engine._stream)."""
     return StreamCache(max_columns, backend.cache_spec)

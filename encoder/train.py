@@ -34,6 +34,7 @@ from encoder.frontend import (
     pad_to_columns,
 )
 from encoder.slap import SLAP, Batch, get_config
+from encoder.streamed import hop_grid
 
 
 @dataclass
@@ -78,6 +79,10 @@ class TrainConfig:
     # Waveform robustness chain on online views (encoder.data.augment: room, noise, gain and
     # clipping, 8 kHz band limit, mu-law, codecs), train split only; the teachers hear its output.
     robust_augment: bool = True
+    # The share of training views the student encodes block-causally by the hop grid of a stream
+    # (encoder.streamed.hop_grid), as the engine's incremental encoder does: it learns the streamed
+    # view with all of its terms, beside the whole view. Train split only; 0 = every view whole.
+    causal_fraction: float = 0.0
 
 
 def parse_weights(spec: str) -> dict[str, float]:
@@ -340,6 +345,8 @@ def collate(examples, tower, sampler: ClipSampler, cfg: TrainConfig, augment: bo
         text_feats=features(captions) if features else None,
         prompt_feats=features(prompt_texts) if features else None,
         teacher_clip=teacher_clip, teacher_columns=teacher_cols,
+        column_hop=torch.from_numpy(hop_grid([n // PATCH_FRAMES for n in lengths], sampler.rng, cfg.causal_fraction))
+        if augment and cfg.causal_fraction > 0 else None,
     )
 
 

@@ -6,6 +6,7 @@ import torch
 
 from encoder import frontend as fe
 from encoder.model import AudioEncoder, EncoderConfig, MAPHead, Rotary, pack_plan, patchify
+from encoder.streamed import hop_grid
 
 SMALL = EncoderConfig(width=64, depth=3, heads=4, mlp_hidden=128, pattern="LLG", window_columns=4, embed_dim=32)
 
@@ -43,6 +44,20 @@ def test_packed_execution_equals_padded(encoder):
         packed = encoder.forward_packed(mel, lengths, row_tokens=row_tokens)
         v, cv = padded.token_valid, padded.column_valid
         assert (packed.tokens[v] - padded.tokens[v]).abs().max() < 1e-4
+        assert (packed.columns[cv] - padded.columns[cv]).abs().max() < 1e-4
+        assert (packed.global_emb - padded.global_emb).abs().max() < 1e-4
+
+
+@torch.no_grad()
+def test_packed_execution_keeps_each_clips_block_causal_hops(encoder):
+    mel, lengths = _batch([700, 160, 333, 512, 48])
+    hops = torch.from_numpy(hop_grid((lengths // 16).tolist(), np.random.default_rng(0), p_causal=0.6))
+    assert (hops.amax(1) > 0).any() and (hops.amax(1) == 0).any()  # causal and whole clips side by side
+    padded = encoder(mel, lengths, column_hop=hops)
+    assert (padded.global_emb - encoder(mel, lengths).global_emb).abs().max() > 1e-4  # the hops matter
+    for row_tokens in (64, 200, 1000):  # clips packed together never see each other's hops
+        packed = encoder.forward_packed(mel, lengths, row_tokens=row_tokens, column_hop=hops)
+        cv = padded.column_valid
         assert (packed.columns[cv] - padded.columns[cv]).abs().max() < 1e-4
         assert (packed.global_emb - padded.global_emb).abs().max() < 1e-4
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from encoder.checkpoint import inference_state, load_model
-from encoder.stream_tune import TuneConfig, hop_grid, parse_args, ranking_kl, tune
+from encoder.stream_tune import TuneConfig, parse_args, ranking_kl, tune
 from tests.tone_corpus import ToneCorpus
 
 START = Path(__file__).parents[1] / "models" / "slap-tiny-v2-wip.safetensors"
@@ -58,16 +58,6 @@ def test_a_run_resumes_from_its_checkpoint(start_weights, tmp_path):
     tune(cfg, corpus=ToneCorpus(8))
     steps = [r["step"] for r in rows(tmp_path / "run") if "stream" in r]
     assert steps == [2, 4, 6]  # 5 and 6 after the resume, no step twice
-
-
-def test_the_hop_grid_covers_every_column_once_per_view():
-    grid = hop_grid([19, 7], np.random.default_rng(0))
-    assert grid.shape == (2, 19)
-    for row, n in zip(grid.numpy(), (19, 7)):
-        hops = row[:n]
-        assert hops[0] == 0 and np.all(np.diff(hops) >= 0) and np.all(np.diff(hops) <= 1)
-        assert np.bincount(hops).max() <= 4  # a 0.5 s hop brings 3 or 4 columns of 160 ms
-        assert np.all(row[n:] > hops[-1])  # padding: after every real column
 
 
 def test_the_ranking_term_is_zero_for_the_same_ranking_and_grows_as_the_ranking_moves():

@@ -33,6 +33,7 @@ from encoder.streamed import (
     column_hops,
     grid_ends,
     hop_ends,
+    hop_grid,
     new_stream_cache,
     parse_variants,
     stream_clip,
@@ -158,6 +159,21 @@ def test_a_stretch_of_a_live_stream_has_the_hop_grid_of_its_phase():
         assert ends[-1] == 40 and all(0 < b - a <= 4 for a, b in zip([0] + ends, ends))
     with pytest.raises(ValueError, match="must increase"):
         column_hops([3, 3])
+
+
+def test_training_views_get_the_hop_grid_of_a_stream_or_none():
+    grid = hop_grid([19, 7], np.random.default_rng(0))
+    assert grid.shape == (2, 19)
+    for row, n in zip(grid, (19, 7)):
+        hops = row[:n]
+        assert hops[0] == 0 and np.all(np.diff(hops) >= 0) and np.all(np.diff(hops) <= 1)
+        assert np.bincount(hops).max() <= 4  # a 0.5 s hop brings 3 or 4 columns of 160 ms
+        assert np.all(row[n:] > hops[-1])  # padding: after every real column
+    mixed = hop_grid([40] * 400, np.random.default_rng(1), p_causal=0.5)
+    causal = mixed.max(1) > 0
+    assert 150 < causal.sum() < 250  # about half the views
+    assert not mixed[~causal].any()  # the rest: one hop, every token sees the whole view
+    assert not hop_grid([40] * 8, np.random.default_rng(2), p_causal=0.0).any()
 
 
 def test_the_hops_are_the_engines_whole_columns_then_the_padded_tail():

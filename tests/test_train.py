@@ -164,6 +164,35 @@ def test_clip_term_scores_the_clip_embedding_against_crop_level_labels():
     assert terms["clip"].item() == pytest.approx(direct.item(), rel=1e-4)
 
 
+def test_causal_views_train_the_streamed_path_with_the_same_terms():
+    """With causal_fraction, a training view is encoded block-causally by a stream's hop grid (as
+    the engine's incremental encoder sees it) and every term scores that output; dev views stay whole."""
+    from encoder.slap import SLAP, get_config
+    from encoder.train import ClipSampler, collate
+
+    torch.manual_seed(0)
+    cfg = get_config("slap-tiny")
+    cfg.loss_weights.ssl = 0.0
+    model = SLAP(cfg)
+    tcfg = TrainConfig(batch_size=4, max_seconds=2.0, causal_fraction=1.0)
+    sampler = ClipSampler(ToneCorpus(4), "train", tcfg, 0)
+    batch = collate(sampler.batch(4), model.text, sampler, tcfg)
+    assert batch.column_hop is not None and (batch.column_hop.amax(1) > 0).all()
+    terms = model(batch)
+    with torch.no_grad():
+        prompts = model.text(batch.prompt_ids, batch.prompt_mask)
+        labels = batch.frame_labels.amax(1)
+
+        def clip_term(hops):
+            out = model.audio.forward_packed(batch.mel, batch.lengths, None, model.cfg.row_tokens, hops)
+            logits = model.frame_loss.get_logits(out.global_emb[:, None], prompts)[:, 0]
+            return (torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / len(labels)).item()
+
+    assert terms["clip"].item() == pytest.approx(clip_term(batch.column_hop), rel=1e-4)
+    assert clip_term(None) != pytest.approx(clip_term(batch.column_hop), rel=1e-4)
+    assert collate(sampler.batch(4), model.text, sampler, tcfg, augment=False).column_hop is None
+
+
 def test_perturbed_crops_keep_labels_and_teacher_on_the_stretched_clock():
     from encoder.train import perturb, stretch_time
 
