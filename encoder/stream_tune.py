@@ -51,11 +51,10 @@ import torch
 import torch.nn.functional as F
 
 from encoder.checkpoint import load_model, save_training_checkpoint, save_weights
-from encoder.frontend import COLUMN_SAMPLES, FRAMES_PER_SECOND, PATCH_FRAMES, log_mel, pad_to_columns
+from encoder.frontend import COLUMN_SAMPLES, PATCH_FRAMES, log_mel, pad_to_columns
 from encoder.model import AudioEncoder, AudioOutput
 from encoder.streamed import column_hops, grid_ends, hop_grid
 from encoder.train import ClipSampler, TrainConfig, configure_optimizer, lr_at
-
 
 
 @dataclass
