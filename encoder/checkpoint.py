@@ -25,6 +25,18 @@ from encoder.slap import SLAP, SLAPConfig
 INFERENCE_PREFIXES = ("audio.", "text.", "clap_loss.", "frame_loss.")
 
 
+def open_run_log(path: Path, step: int):
+    """A run's log.jsonl opened for appending at `step`: rows of later steps (written after the
+    checkpoint a run resumes from, before it stopped) are dropped first, so no step is logged twice."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines(keepends=True)
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+    return open(path, "a")
+
+
 class CheckpointError(ValueError):
     """A weights file that cannot be used; the message is one line naming the file."""
 

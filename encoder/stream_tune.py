@@ -50,7 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from encoder.checkpoint import load_model, save_training_checkpoint, save_weights
+from encoder.checkpoint import load_model, open_run_log, save_training_checkpoint, save_weights
 from encoder.frontend import COLUMN_SAMPLES, PATCH_FRAMES, log_mel, pad_to_columns
 from encoder.model import AudioEncoder, AudioOutput
 from encoder.streamed import column_hops, grid_ends, hop_grid
@@ -214,7 +214,7 @@ def tune(cfg: TuneConfig, corpus=None) -> dict:
     sampler.rng = rng
     dev = dev_views(corpus, cfg.dev_clips, cfg.max_seconds)
     space = prompt_space(model, corpus)
-    log = open(out / "log.jsonl", "a")
+    log = open_run_log(out / "log.jsonl", step)
 
     def write(row: dict) -> None:
         log.write(json.dumps(row) + "\n")

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from encoder.checkpoint import save_training_checkpoint, save_weights
+from encoder.checkpoint import open_run_log, save_training_checkpoint, save_weights
 from encoder.data.dataset import Event
 from encoder.frontend import (
     COLUMN_SAMPLES,
@@ -476,7 +476,7 @@ def train(cfg: TrainConfig, corpus=None, on_step=None) -> dict:
     if master:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    log = open(out / "log.jsonl", "a") if master else None
+    log = open_run_log(out / "log.jsonl", step) if master else None
     bar = None
     if master:
         from tqdm import tqdm

@@ -291,3 +291,18 @@ def test_unlabelled_audio_is_named_by_the_teachers_and_skips_the_frame_terms():
     assert torch.allclose(batch.text_feats, feats, atol=1e-4)  # the captions are the teachers' top prompts
     terms = model(batch)
     assert terms["frame"].item() == 0.0 and torch.isfinite(terms["loss"])
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    """Steps logged after the checkpoint a run resumes from were lost with it: they are dropped
+    from log.jsonl, and the resumed run logs them afresh."""
+    from encoder.checkpoint import open_run_log
+
+    path = tmp_path / "log.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(10, 60, 10)))
+    with open_run_log(path, 30) as log:  # the checkpoint was at step 30; the run had reached 50
+        log.write(json.dumps({"step": 40, "loss": 0.5}) + "\n")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20, 30, 40] and rows[-1]["loss"] == 0.5
+    with open_run_log(tmp_path / "new.jsonl", 0) as log:  # a first run: a new file
+        log.write("{}\n")
