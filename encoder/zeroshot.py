@@ -110,3 +110,10 @@ def format_table(res: ZeroShotResult, title: str, per_class: bool = False) -> st
             if c in res.per_class[systems[0]]:
                 rows.append(f"| top1 {c} | " + " | ".join(f"{res.per_class[s][c]:.2f}" for s in systems) + " |")
     return "\n".join(rows)
+
+
+def format_change(before: ZeroShotResult, after: ZeroShotResult, metric: str, title: str) -> str:
+    """One table row: each system's `metric` in `after` minus `before`, in points (x100)."""
+    systems = [s for s in SYSTEMS if s in before.metrics and s in after.metrics]
+    return f"| {title} | " + " | ".join(f"{100 * (after.metrics[s][metric] - before.metrics[s][metric]):+.1f}"
+                                      for s in systems) + " |"

@@ -177,14 +177,34 @@ def test_main_py_data_clipset_and_eval_score_every_system(tmp_path):
                         "--json", str(tmp_path / "res.json"), "--cache-dir", str(ROOT / "cache")],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "none" in r.stderr  # a corpus asked for must exist
-    r = subprocess.run([sys.executable, "main.py", "eval", "--clipset", str(out),
+    r = subprocess.run([sys.executable, "main.py", "eval", "--clipset", str(out), "--band-limited",
                         "--json", str(tmp_path / "res.json"), "--cache-dir", str(ROOT / "cache")],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "| clip set zero-shot" in r.stdout and "| ours | mn04 | yamnet | ensemble |" in r.stdout
-    res = json.loads((tmp_path / "res.json").read_text())["clipset"]
+    results = json.loads((tmp_path / "res.json").read_text())
+    res = results["clipset"]
     assert set(res["metrics"]) == {"ours", "mn04", "yamnet", "ensemble"}
     assert set(res["per_group"]["mn04"]) == {"Animal-Sound-Dataset", "kitchen20"}
+    # --band-limited: the same set through 8 kHz and back, every system, and each one's top-1 change
+    narrow = results["clipset_8k"]
+    assert set(narrow["metrics"]) == set(res["metrics"]) and narrow["clips"] == res["clips"]
+    assert "| clip set zero-shot, 8 kHz and back" in r.stdout
+    change = next(line for line in r.stdout.splitlines() if line.startswith("| top-1 change from the full band"))
+    expected = [f"{100 * (narrow['metrics'][s]['top1'] - res['metrics'][s]['top1']):+.1f}"
+                for s in ("ours", "mn04", "yamnet", "ensemble")]
+    assert change.split("|")[2:-1] == [f" {e} " for e in expected]
+
+
+def test_the_band_limited_copy_keeps_nothing_above_4_khz():
+    from encoder.evaluate import band_limited_copy
+
+    t = np.arange(16000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 1000 * t) + 0.3 * np.sin(2 * np.pi * 6000 * t)).astype(np.float32)
+    (narrow,) = band_limited_copy([tone])
+    spectrum = np.abs(np.fft.rfft(narrow)) / len(narrow)
+    assert len(narrow) == len(tone)
+    assert spectrum[1000] > 0.1 and spectrum[6000] < 1e-3  # 1 kHz kept, 6 kHz gone
 
 
 def test_a_clip_set_asked_for_but_absent_is_one_line(tmp_path):
