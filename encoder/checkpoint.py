@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TextIO
 
 import torch
 from safetensors import safe_open
@@ -25,7 +26,7 @@ from encoder.slap import SLAP, SLAPConfig
 INFERENCE_PREFIXES = ("audio.", "text.", "clap_loss.", "frame_loss.")
 
 
-def open_run_log(path: Path, step: int):
+def open_run_log(path: Path, step: int) -> TextIO:
     """A run's log.jsonl opened for appending at `step`: rows of later steps (written after the
     checkpoint a run resumes from, before it stopped) are dropped first, so no step is logged twice."""
     if path.exists():
