@@ -282,30 +282,27 @@ def real_audio_sections(model: str | None, cache_dir: str, threads: int, esc50_d
 
         taggers = {"mn04": MN04Tagger(threads=threads), "yamnet": YamnetTagger(cache_dir)}
     out = {}
+
+    def score(name: str, audio: list[np.ndarray], targets: np.ndarray, classes: list[str], prompts: list[str],
+              groups: list[str], load_s: float) -> None:
+        out[name] = zeroshot.run(audio, targets, classes, prompts, ours, taggers, groups=groups)
+        out[name].seconds["load"] = load_s
+        if band_limited:
+            out[name + BAND_LIMITED] = zeroshot.run(band_limited_copy(audio), targets, classes, prompts, ours,
+                                                    taggers, groups=groups)
+
     if esc50_dir:
         t = time.perf_counter()
         clips = esc50.load(esc50_dir)
         audio = [c.audio() for c in clips]
-        load_s = time.perf_counter() - t
-        targets, groups = np.array([c.target for c in clips]), [f"fold{c.fold}" for c in clips]
-        res = zeroshot.run(audio, targets, list(esc50.CLASSES), esc50.prompts(), ours, taggers, groups=groups)
-        res.seconds["load"] = load_s
-        out["esc50"] = res
-        if band_limited:
-            out["esc50" + BAND_LIMITED] = zeroshot.run(band_limited_copy(audio), targets, list(esc50.CLASSES),
-                                                       esc50.prompts(), ours, taggers, groups=groups)
+        score("esc50", audio, np.array([c.target for c in clips]), list(esc50.CLASSES), esc50.prompts(),
+              [f"fold{c.fold}" for c in clips], time.perf_counter() - t)
     if clipset_dir:
         t = time.perf_counter()
         cs = clipset.load(clipset_dir)
         audio = [cs.audio(i) for i in cs.items]
-        load_s = time.perf_counter() - t
-        groups = [i.source for i in cs.items]
-        res = zeroshot.run(audio, cs.targets(), cs.classes, cs.prompts(), ours, taggers, groups=groups)
-        res.seconds["load"] = load_s
-        out["clipset"] = res
-        if band_limited:
-            out["clipset" + BAND_LIMITED] = zeroshot.run(band_limited_copy(audio), cs.targets(), cs.classes,
-                                                         cs.prompts(), ours, taggers, groups=groups)
+        score("clipset", audio, cs.targets(), cs.classes, cs.prompts(), [i.source for i in cs.items],
+              time.perf_counter() - t)
     return out
 
 
