@@ -22,7 +22,7 @@ COMMANDS: dict[str, str] = {
     "data": "encoder.data.build:cli",
     "train": "encoder.train:main",
     "stream-tune": "encoder.stream_tune:main",
-    "eval": "encoder.evaluate:main",
+    "eval": "streamer.cli:eval_main",
     "export": "encoder.export:main",
     "bench": "benchmarks.cli:main",
     "run": "streamer.cli:run_main",

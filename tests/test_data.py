@@ -268,6 +268,8 @@ def test_eval_command_scores_both_systems_on_the_same_dev_clips(corpus, corpus_d
     assert run.returncode == 0, run.stderr[-2000:]
     assert "| top1 |" in run.stdout and "YAMNet baseline" in run.stdout
     res = json.loads(out.read_text())["dev"]
+    assert res["detector"] == "engine"  # main.py eval scores events as the engine makes them
+    assert "| event_F1_raw |" in run.stdout
     n_dev = sum(c.n_samples >= 96 * 160 for c in corpus.clips("dev"))
     assert res["clips"] == min(6, n_dev) and sum(res["clips_by_bed"].values()) == res["clips"]
     for system in ("slap", "yamnet"):

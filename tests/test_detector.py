@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.detector import EventDetector, EventEdge, Smoothing, detect, seconds_to_frames
+from streamer.detector import EventDetector, EventEdge, Smoothing, detect, event_mask, seconds_to_frames
 
 # (on, off, min_duration_frames, merge_gap_frames, smoothing); the low pair is silero-vad's trap:
 # with a hidden `threshold - 0.15` an event at on=0.1 could never end.
@@ -183,3 +183,35 @@ def test_sequence_parity_streaming_equals_batch_for_any_chunking(
     assert edges == detect(scores, on, off, min_dur, merge, smoothing, flush_reason=reason)
     kinds = [e.kind for e in edges]
     assert kinds == ["start", "end"] * (len(kinds) // 2)
+
+
+def _mask_of(edges: list[EventEdge], n: int) -> np.ndarray:
+    mask = np.zeros(n, bool)
+    for start, end in zip(edges[::2], edges[1::2]):
+        mask[start.column : end.column] = True
+    return mask
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tracks=st.lists(st.lists(_grid, min_size=40, max_size=40), min_size=1, max_size=6),
+    thresholds=st.tuples(_grid, _grid).filter(lambda t: t[1] < t[0]),
+    min_dur=st.integers(1, 5),
+    merge=st.integers(0, 4),
+    smoothing=st.sampled_from([Smoothing(), Smoothing("ema", 0.5), Smoothing("median", window=3)]),
+)
+def test_event_mask_covers_exactly_the_events_detect_finds_on_each_track(tracks, thresholds, min_dur, merge, smoothing):
+    """The many-label form evaluation uses is the detector, not a look-alike."""
+    scores = np.array(tracks, dtype=np.float64).T  # (T, P)
+    on, off = thresholds
+    mask = event_mask(scores, on, off, min_dur, merge, smoothing)
+    for p in range(scores.shape[1]):
+        edges = detect(scores[:, p], on, off, min_dur, merge, smoothing, flush_reason="stream_end")
+        assert mask[:, p].tolist() == _mask_of(edges, len(scores)).tolist()
+
+
+def test_event_mask_drops_a_blip_and_bridges_a_short_gap():
+    x = np.stack([_bursts(30, [(3, 4)]), _bursts(30, [(5, 10), (12, 17)])], axis=1)
+    mask = event_mask(x, 0.5, 0.3, min_duration_frames=2, merge_gap_frames=2)
+    assert not mask[:, 0].any()  # one frame is shorter than the minimum
+    assert np.flatnonzero(mask[:, 1]).tolist() == list(range(5, 17))  # one event over the 2-frame gap

@@ -59,6 +59,28 @@ def test_threshold_search_reaches_past_095():
     assert best_frame_metrics([probs], [y])["event_F1"] == 1.0
 
 
+def test_event_f1_through_the_engine_detector_counts_one_flickering_sound_once():
+    """The dev bar is scored after the engine's smoothing and hysteresis: a score that dips for one
+    column inside a sound is one event there, two onsets (one false) when each column stands alone."""
+    from encoder.evaluate import best_frame_metrics, frame_metrics
+    from streamer.cli import engine_detect
+    from streamer.config import DetectorConfig
+
+    y = np.zeros((40, 1), bool)
+    y[5:25] = True
+    probs = np.where(y, 0.9, 0.02)
+    probs[14] = 0.3  # one weak column mid-sound
+    detect = engine_detect(DetectorConfig())
+    assert frame_metrics([probs], [y], 0.5)["event_F1"] == pytest.approx(2 / 3)
+    assert frame_metrics([probs], [y], 0.5, detect)["event_F1"] == 1.0
+    best = best_frame_metrics([probs], [y], detect)
+    assert best["event_F1"] == 1.0 and best["event_F1_raw"] == 1.0  # raw finds a threshold under 0.3
+    blip = np.where(y, 0.9, 0.02)
+    blip[30] = 0.99  # one loud column after the sound: shorter than the minimum duration
+    assert frame_metrics([blip], [y], 0.5)["event_F1"] == pytest.approx(2 / 3)
+    assert frame_metrics([blip], [y], 0.5, detect)["event_F1"] == 1.0
+
+
 def test_linear_probe_separates_what_carries_over_from_what_is_memorised():
     """Features with a class direction generalise to new rows; per-row noise does not."""
     from encoder.probe import probe
