@@ -15,7 +15,14 @@ gives, and the padded tail's frames are those of the silence the engine appends.
 
     columns, glob = stream_clip(backend, audio)   # (C, E) each column as its hop saw it, (E,) last hop
 
+`window_clips` replays a clip through the engine's other path (context.encoder "window", the
+engine before the incremental encoder): every hop re-encodes the last context_s of columns whole,
+and with the detector's default lookback_s 0 each column is scored from the first window holding it
+(the hop that brought it): the same audio each column's score is allowed to see as in the
+incremental path, attended over again each hop.
+
 Variants (`VARIANTS`): how "ours" is run, each one more system in the evaluation tables:
+    window       full window re-encoded every hop, fp32: the speed changes' reference
     stream       incremental, fp32 (model.precision fp32)
     stream-int8  incremental, int8 weights (model.precision int8, the engine's default)
 """
@@ -150,6 +157,39 @@ def stream_clips(backend, audio: list[np.ndarray], hop_s: float = HOP_S, context
     return [out[i] for i in range(len(audio))]
 
 
+def window_clips(backend, audio: list[np.ndarray], hop_s: float = HOP_S, context_s: float = CONTEXT_S,
+                 batch: int = BATCH) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each clip as the engine's window mode encodes a stream (Engine._encode_windows, detector
+    lookback 0): at every call of `hop_ends` the window of the last context_s of columns up to the
+    call's end, whole, through the full-window encoder. Returns, per clip, columns (C, E), each from
+    the first window that holds it, and global (E,), the last window's; neither normalised.
+    `batch` clips' windows go through one padded call per hop."""
+    calls = [hop_ends(len(x), hop_s, context_s) for x in audio]
+    max_columns = n_columns(round(context_s * FRAMES_PER_SECOND))
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    order = sorted(range(len(audio)), key=lambda i: len(audio[i]))
+    for lo in range(0, len(order), batch):
+        group = order[lo : lo + batch]
+        mels = [log_mel(pad_to_columns(audio[i])) for i in group]
+        done = [0] * len(group)  # columns already scored, per clip
+        columns: list[list[np.ndarray]] = [[] for _ in group]
+        for k in range(max(len(calls[i]) for i in group)):
+            rows = [r for r, i in enumerate(group) if k < len(calls[i])]
+            ends = [calls[group[r]][k] for r in rows]
+            starts = [max(0, end - max_columns) for end in ends]
+            lengths = np.array([(e - a) * PATCH_FRAMES for a, e in zip(starts, ends)], np.int64)
+            mel = np.zeros((len(rows), mels[0].shape[0], int(lengths.max())), np.float32)
+            for j, (r, a, e) in enumerate(zip(rows, starts, ends)):
+                mel[j, :, : lengths[j]] = mels[r][:, a * PATCH_FRAMES : e * PATCH_FRAMES]
+            cols, _, glob = backend.encode(mel, lengths)
+            for j, (r, a, e) in enumerate(zip(rows, starts, ends)):
+                columns[r].append(cols[j, done[r] - a : e - a])
+                done[r] = e
+                if k == len(calls[group[r]]) - 1:
+                    out[group[r]] = (np.concatenate(columns[r]), glob[j].copy())
+    return [out[i] for i in range(len(audio))]
+
+
 def whole_clip(backend, audio_16k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The reference: the whole clip in one window of the full-window encoder. A clip shorter than
     one column is padded to one. Returns columns (C, E) (the valid ones) and global (E,)."""
@@ -164,10 +204,12 @@ ClipEncoder = Callable[[list[np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]
 
 @dataclass(frozen=True)
 class Variant:
-    """Hop by hop through the incremental encoder (the full-window encoder is fp32 only)."""
+    """Hop by hop as the engine runs: the incremental encoder, or the full window every hop
+    (the full-window encoder is fp32 only)."""
 
     name: str  # as given to --variants
-    precision: str  # the incremental encoder's weights: fp32 | int8
+    precision: str  # the encoder's weights: fp32 | int8
+    encoder: str = "incremental"  # context.encoder: incremental | window
 
     @property
     def system(self) -> str:
@@ -175,7 +217,8 @@ class Variant:
         return f"ours-{self.name}"
 
 
-VARIANTS = {v.name: v for v in (Variant("stream", "fp32"), Variant("stream-int8", "int8"))}
+VARIANTS = {v.name: v for v in (Variant("window", "fp32", "window"), Variant("stream", "fp32"),
+                                  Variant("stream-int8", "int8"))}
 
 
 def parse_variants(text: str | None) -> list[Variant]:
@@ -208,5 +251,6 @@ def open_systems(variants: list[Variant], model: str, cache_dir: str, threads: i
     systems = {"ours": OurSystem(fp32, lambda clips: [whole_clip(fp32, x) for x in clips])}
     for v in variants:
         b = fp32 if v.precision == "fp32" else open_backend("onnx", model, cache_dir, threads, precision=v.precision)
-        systems[v.system] = OurSystem(b, lambda clips, b=b: stream_clips(b, clips))
+        encode = window_clips if v.encoder == "window" else stream_clips
+        systems[v.system] = OurSystem(b, lambda clips, b=b, encode=encode: encode(b, clips))
     return systems

@@ -39,6 +39,7 @@ from encoder.streamed import (
     stream_clip,
     stream_clips,
     whole_clip,
+    window_clips,
 )
 from streamer.context import StreamContext
 
@@ -115,6 +116,45 @@ def engine_replay(backend, audio: np.ndarray, chunk: int = 1600) -> tuple[list[n
             encode(w, commit=True)
     encode(ctx.tail_window(), commit=False)
     return hops, glob
+
+
+def engine_window_replay(backend, audio: np.ndarray, chunk: int = 1600) -> tuple[np.ndarray, np.ndarray]:
+    """The clip through a real StreamContext, every due window encoded whole as the engine's window
+    mode does (Engine._encode_windows, _score_tail at the end), each column kept from the first
+    window that holds it (the detector at lookback 0)."""
+    ctx = StreamContext(max_context_s=10.0, hop_s=0.5)
+    kept, glob, done = [], None, 0
+
+    def encode(w) -> None:
+        nonlocal glob, done
+        if not w.n_columns:
+            return
+        cols, _, g = backend.encode(w.mel[None].copy(), np.array([max(w.mel.shape[1], PATCH_FRAMES)], np.int64))
+        end = w.first_column + w.n_columns
+        kept.append(cols[0, done - w.first_column : w.n_columns])
+        glob, done = g[0], end
+
+    for seq, lo in enumerate(range(0, len(audio), chunk)):
+        ctx.push(audio[lo : lo + chunk], seq=seq, epoch=0)
+        w = ctx.next_window()
+        if w is not None:
+            encode(w)
+    w = ctx.tail_window()
+    if w.first_column + w.n_columns > done:
+        encode(w)
+    return np.concatenate(kept), glob
+
+
+def test_the_window_variant_is_the_engines_window_mode_column_by_column(backend, sounds):
+    """The speed changes' reference: what the engine scored before its incremental encoder."""
+    clips = [sounds[k] for k in ("speech", "chirp", "knock", "rain")]
+    for x, (cols, glob) in zip(clips, window_clips(backend, clips, batch=3)):
+        ref_cols, ref_glob = engine_window_replay(backend, x)
+        assert cols.shape[0] == scored_columns(len(x)) == ref_cols.shape[0]
+        np.testing.assert_allclose(cols, ref_cols, atol=1e-4, rtol=1e-3)
+        np.testing.assert_allclose(glob, ref_glob, atol=1e-4, rtol=1e-3)
+    x = sounds["chirp"]  # shorter than the context: the last window is the whole clip
+    np.testing.assert_allclose(window_clips(backend, [x])[0][1], whole_clip(backend, x)[1], atol=1e-5, rtol=1e-4)
 
 
 def test_one_hop_over_a_context_longer_than_the_clip_is_the_whole_clip_encode(backend, sounds):
@@ -224,6 +264,7 @@ def test_clips_streamed_side_by_side_give_what_each_gives_alone(backend, sounds)
 
 def test_an_unknown_variant_is_refused_in_one_line():
     assert [v.system for v in parse_variants("stream, stream-int8")] == ["ours-stream", "ours-stream-int8"]
+    assert parse_variants("window")[0].encoder == "window"
     assert parse_variants("") == []
     with pytest.raises(ValueError, match="unknown variant 'fp16'"):
         parse_variants("stream,fp16")
@@ -293,10 +334,10 @@ def test_eval_variants_add_a_row_set_to_the_dev_frame_metrics(cache_dir, tmp_pat
     corpus = tmp_path / "corpus"
     assert build.main(["--tiny", "--out", str(corpus), "--cache", str(tmp_path / "sources"), "--seed", "3"]) == 0
     r = eval_cmd(cache_dir, tmp_path, "--corpus", str(corpus), "--clipset", "none", "--max-clips", "4",
-                 "--variants", "stream,stream-int8")
+                 "--variants", "window,stream,stream-int8")
     assert r.returncode == 0, r.stderr[-2000:]
     dev = json.loads((tmp_path / "res.json").read_text())["dev"]
-    assert set(dev["variants"]) == {"ours-stream", "ours-stream-int8"}
+    assert set(dev["variants"]) == {"ours-window", "ours-stream", "ours-stream-int8"}
     for name, m in dev["variants"].items():
         assert f"| event_F1 ({name}) |" in r.stdout
         for k in ("top1", "top5", "mAP", "segment_F1", "event_F1"):
