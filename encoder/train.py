@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from encoder.checkpoint import open_run_log, save_training_checkpoint, save_weights
+from encoder.checkpoint import open_run_log, save_training_checkpoint, save_training_state, save_weights
 from encoder.data.dataset import Event
 from encoder.frontend import (
     COLUMN_SAMPLES,
@@ -365,24 +365,26 @@ def ema_momentum_at(step: int, total: int, start: float, end: float) -> float:
     return end - (end - start) * 0.5 * (1 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
 
 
-def init_from_weights(model: SLAP, path: str) -> None:
-    """Start a new run from earlier weights: shipped inference weights (`*.safetensors`; the
-    decoder, SSL heads and EMA teacher start afresh, the teacher as a copy of the encoder) or
-    another run's `ckpt.pt` (every module it has, teacher included; new modules keep their
-    init). The optimizer and schedules always start afresh."""
+def init_from_weights(model: SLAP, path: str) -> str:
+    """Start a new run from earlier weights: shipped inference weights (`*.safetensors`, with the
+    training state saved beside them when it is there: decoder and SSL heads; the EMA teacher
+    starts as a copy of the encoder) or another run's `ckpt.pt` (every module it has, teacher
+    included; new modules keep their init). The optimizer and schedules always start afresh.
+    Returns one line for the log: what was loaded."""
     if path.endswith(".pt"):
         state = torch.load(path, map_location="cpu", weights_only=False)
         if state.get("config", {}).get("audio_cfg") != model.cfg.to_dict()["audio_cfg"]:
             raise ValueError(f"{path}: its audio encoder config differs from {model.cfg.name}'s")
         model.load_state_dict(state["model"], strict=False)
-        return
-    from encoder.checkpoint import load_model
+        return f"initialised from {path} (every module, EMA teacher included; the optimizer starts afresh)"
+    from encoder.checkpoint import inference_state, load_model, load_training_state
 
     shipped = load_model(path)
     if shipped.cfg.to_dict()["audio_cfg"] != model.cfg.to_dict()["audio_cfg"]:
         raise ValueError(f"{path}: its audio encoder config differs from {model.cfg.name}'s")
-    model.load_state_dict(shipped.state_dict(), strict=False)
+    model.load_state_dict(inference_state(shipped), strict=False)  # what the file holds, nothing else
     model.teacher["audio"].load_state_dict(model.audio.state_dict())
+    return f"initialised from {path} (the EMA teacher as a copy, the optimizer afresh); " + load_training_state(model, path)
 
 
 def configure_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
@@ -430,9 +432,9 @@ def train(cfg: TrainConfig, corpus=None, on_step=None) -> dict:
     step = 0
     ckpt_path = out / "ckpt.pt"
     if not ckpt_path.exists() and cfg.init_from:
-        init_from_weights(model, cfg.init_from)
+        note = init_from_weights(model, cfg.init_from)
         if master:
-            print(f"initialised from {cfg.init_from} (optimizer and teacher start afresh)", file=sys.stderr)
+            print(note, file=sys.stderr)
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(ckpt["model"])
@@ -515,7 +517,7 @@ def train(cfg: TrainConfig, corpus=None, on_step=None) -> dict:
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 save_training_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                                      "step": step, "config": model.cfg.to_dict(), "train": asdict(cfg)})
-                save_weights(model, out / "model.safetensors", extra={"step": step})
+                save_training_state(model, save_weights(model, out / "model.safetensors", extra={"step": step}))
     if master:
         bar.close()
         log.close()

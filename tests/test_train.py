@@ -94,6 +94,38 @@ def test_training_can_start_from_shipped_weights(tmp_path):
     assert torch.equal(fresh.text.proj.weight, shipped.text.proj.weight)
 
 
+def test_the_training_state_beside_shipped_weights_carries_decoder_and_ssl_heads(tmp_path):
+    """A new machine has no ckpt.pt: --init-from the shipped weights must not restart captioning
+    and the SSL heads from scratch when their training state is committed beside them."""
+    from encoder.checkpoint import save_training_state, save_weights, training_state_path
+    from encoder.slap import SLAP, get_config
+    from encoder.train import init_from_weights
+
+    torch.manual_seed(1)
+    run = SLAP(get_config("slap-tiny"))
+    weights = save_weights(run, tmp_path / "m.safetensors")
+    state = save_training_state(run, weights)
+    assert state == tmp_path / "m.train.safetensors" == training_state_path(weights)
+    assert state.stat().st_size < 20 * 2**20
+    torch.manual_seed(2)
+    fresh = SLAP(get_config("slap-tiny"))
+    assert "training state from" in init_from_weights(fresh, str(weights))
+    for a, b in ((fresh.decoder, run.decoder), (fresh.student_head, run.student_head),
+                 (fresh.teacher["head"], run.teacher["head"])):
+        for p, q in zip(a.parameters(), b.parameters()):
+            assert torch.allclose(p, q, atol=q.abs().max().item() / 127 + 1e-3), "fp16, and int8 vocabulary rows"
+    assert all(torch.equal(p, q) for p, q in zip(fresh.teacher["audio"].parameters(), fresh.audio.parameters()))
+
+    torch.manual_seed(3)
+    save_weights(SLAP(get_config("slap-tiny")), weights)  # other weights now under that name
+    other = SLAP(get_config("slap-tiny"))
+    decoder = [p.clone() for p in other.decoder.parameters()]
+    assert "saved with other weights" in init_from_weights(other, str(weights))
+    assert all(torch.equal(p, q) for p, q in zip(other.decoder.parameters(), decoder))
+    state.unlink()
+    assert "no training state" in init_from_weights(other, str(weights))
+
+
 def test_loss_weight_overrides_parse_and_name_bad_terms():
     from encoder.train import parse_weights
 
