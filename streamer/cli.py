@@ -350,7 +350,7 @@ def run_main(argv: list[str]) -> int:
     return 1 if supervisor.gave_up else 0  # a file that could not be played is a failed run
 
 
-# --- tag ----------------------------------------------------------------------------------------
+# --- eval ---------------------------------------------------------------------------------------
 
 
 def engine_detect(d: DetectorConfig) -> Callable[[np.ndarray, float], np.ndarray]:
@@ -373,6 +373,9 @@ def eval_main(argv: list[str]) -> int:
 
     d = load_config(DEFAULT_CONFIG).detector if DEFAULT_CONFIG.is_file() else DetectorConfig()
     return main(argv, detect=engine_detect(d))
+
+
+# --- tag ----------------------------------------------------------------------------------------
 
 
 def tag_config(args) -> EngineConfig:
