@@ -124,37 +124,60 @@ def stream_clip(backend, audio_16k: np.ndarray, hop_s: float = HOP_S,
     return stream_clips(backend, [audio_16k], hop_s, context_s, batch=1)[0]
 
 
-def stream_clips(backend, audio: list[np.ndarray], hop_s: float = HOP_S, context_s: float = CONTEXT_S,
-                 batch: int = BATCH) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`stream_clip` of each clip, `batch` clips at a time as parallel streams, one encoder call per
-    hop for all of them (as the engine batches its streams' due hops; a row's result equals the
-    clip alone up to float rounding). Clips are grouped by length so that the batches stay full."""
+# One encoder call for the clips of a group that still have a hop: (their rows in the group, their
+# log-mels, each one's call end column) -> (each one's new columns (n_i, E), globals (rows, E)).
+HopCall = Callable[[list[int], list[np.ndarray], list[int]], tuple[list[np.ndarray], np.ndarray]]
+
+
+def _replay(audio: list[np.ndarray], hop_s: float, context_s: float, batch: int,
+            group_call: Callable[[int], HopCall]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The hop-by-hop driver of `stream_clips` and `window_clips`: clips grouped by length (so the
+    batches stay full), `batch` at a time, one call per `hop_ends` hop for the group's clips that
+    still have one. group_call(n) starts a group of n clips (with its own per-clip state) and
+    returns its HopCall. Returns, per clip, its columns in order and the last call's global."""
     calls = [hop_ends(len(x), hop_s, context_s) for x in audio]
-    max_columns = n_columns(round(context_s * FRAMES_PER_SECOND))
     out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     order = sorted(range(len(audio)), key=lambda i: len(audio[i]))
     for lo in range(0, len(order), batch):
         group = order[lo : lo + batch]
         mels = [log_mel(pad_to_columns(audio[i])) for i in group]
-        # a hop never brings more columns than the window holds, so the cache always continues it
-        # (the engine's cache.clear for a window that does not is never taken within one clip)
-        caches = [new_stream_cache(backend, max_columns) for _ in group]
+        call = group_call(len(group))
         columns: list[list[np.ndarray]] = [[] for _ in group]
         for k in range(max(len(calls[i]) for i in group)):
             rows = [r for r, i in enumerate(group) if k < len(calls[i])]
-            ends = [calls[group[r]][k] for r in rows]
-            new = [end - caches[r].end_column for r, end in zip(rows, ends)]
-            mel = np.zeros((len(rows), mels[0].shape[0], max(new) * PATCH_FRAMES), np.float32)
-            for j, (r, end, n) in enumerate(zip(rows, ends, new)):
-                mel[j, :, : n * PATCH_FRAMES] = mels[r][:, (end - n) * PATCH_FRAMES : end * PATCH_FRAMES]
-            # The engine scores the end-of-stream tail without committing it to the cache;
-            # committing it here too changes nothing, as it is the clip's last call.
-            cols, glob = encode_new_columns(backend, mel, np.array(new), [caches[r] for r in rows])
-            for j, (r, n) in enumerate(zip(rows, new)):
-                columns[r].append(cols[j, :n])
+            new, glob = call(rows, [mels[r] for r in rows], [calls[group[r]][k] for r in rows])
+            for j, r in enumerate(rows):
+                columns[r].append(new[j])
                 if k == len(calls[group[r]]) - 1:
                     out[group[r]] = (np.concatenate(columns[r]), glob[j].copy())
     return [out[i] for i in range(len(audio))]
+
+
+def stream_clips(backend, audio: list[np.ndarray], hop_s: float = HOP_S, context_s: float = CONTEXT_S,
+                 batch: int = BATCH) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`stream_clip` of each clip, `batch` clips at a time as parallel streams, one encoder call per
+    hop for all of them (as the engine batches its streams' due hops; a row's result equals the
+    clip alone up to float rounding). Clips are grouped by length so that the batches stay full."""
+    max_columns = n_columns(round(context_s * FRAMES_PER_SECOND))
+
+    def group_call(n_clips: int) -> HopCall:
+        # a hop never brings more columns than the window holds, so the cache always continues it
+        # (the engine's cache.clear for a window that does not is never taken within one clip)
+        caches = [new_stream_cache(backend, max_columns) for _ in range(n_clips)]
+
+        def call(rows: list[int], mels: list[np.ndarray], ends: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
+            new = [end - caches[r].end_column for r, end in zip(rows, ends)]
+            mel = np.zeros((len(rows), mels[0].shape[0], max(new) * PATCH_FRAMES), np.float32)
+            for j, (m, end, n) in enumerate(zip(mels, ends, new)):
+                mel[j, :, : n * PATCH_FRAMES] = m[:, (end - n) * PATCH_FRAMES : end * PATCH_FRAMES]
+            # The engine scores the end-of-stream tail without committing it to the cache;
+            # committing it here too changes nothing, as it is the clip's last call.
+            cols, glob = encode_new_columns(backend, mel, np.array(new), [caches[r] for r in rows])
+            return [cols[j, :n] for j, n in enumerate(new)], glob
+
+        return call
+
+    return _replay(audio, hop_s, context_s, batch, group_call)
 
 
 def window_clips(backend, audio: list[np.ndarray], hop_s: float = HOP_S, context_s: float = CONTEXT_S,
@@ -164,30 +187,26 @@ def window_clips(backend, audio: list[np.ndarray], hop_s: float = HOP_S, context
     call's end, whole, through the full-window encoder. Returns, per clip, columns (C, E), each from
     the first window that holds it, and global (E,), the last window's; neither normalised.
     `batch` clips' windows go through one padded call per hop."""
-    calls = [hop_ends(len(x), hop_s, context_s) for x in audio]
     max_columns = n_columns(round(context_s * FRAMES_PER_SECOND))
-    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    order = sorted(range(len(audio)), key=lambda i: len(audio[i]))
-    for lo in range(0, len(order), batch):
-        group = order[lo : lo + batch]
-        mels = [log_mel(pad_to_columns(audio[i])) for i in group]
-        done = [0] * len(group)  # columns already scored, per clip
-        columns: list[list[np.ndarray]] = [[] for _ in group]
-        for k in range(max(len(calls[i]) for i in group)):
-            rows = [r for r, i in enumerate(group) if k < len(calls[i])]
-            ends = [calls[group[r]][k] for r in rows]
+
+    def group_call(n_clips: int) -> HopCall:
+        done = [0] * n_clips  # columns already scored, per clip
+
+        def call(rows: list[int], mels: list[np.ndarray], ends: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
             starts = [max(0, end - max_columns) for end in ends]
             lengths = np.array([(e - a) * PATCH_FRAMES for a, e in zip(starts, ends)], np.int64)
             mel = np.zeros((len(rows), mels[0].shape[0], int(lengths.max())), np.float32)
-            for j, (r, a, e) in enumerate(zip(rows, starts, ends)):
-                mel[j, :, : lengths[j]] = mels[r][:, a * PATCH_FRAMES : e * PATCH_FRAMES]
+            for j, (m, a, e) in enumerate(zip(mels, starts, ends)):
+                mel[j, :, : lengths[j]] = m[:, a * PATCH_FRAMES : e * PATCH_FRAMES]
             cols, _, glob = backend.encode(mel, lengths)
-            for j, (r, a, e) in enumerate(zip(rows, starts, ends)):
-                columns[r].append(cols[j, done[r] - a : e - a])
+            new = [cols[j, done[r] - a : e - a] for j, (r, a, e) in enumerate(zip(rows, starts, ends))]
+            for r, e in zip(rows, ends):
                 done[r] = e
-                if k == len(calls[group[r]]) - 1:
-                    out[group[r]] = (np.concatenate(columns[r]), glob[j].copy())
-    return [out[i] for i in range(len(audio))]
+            return new, glob
+
+        return call
+
+    return _replay(audio, hop_s, context_s, batch, group_call)
 
 
 def whole_clip(backend, audio_16k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
