@@ -179,6 +179,15 @@ def test_split_keeps_single_source_class_in_train():
     ("sonic-pi/samples/drum_splash_soft.flac", "cymbal"),
     ("freedesktop/stereo/audio-channel-front-left.oga", "-"),
     ("widelands/data/sound/ingame_07.ogg", None),
+    # asterisk's prompts are all speech, whatever word a file is named for
+    ("usr/share/asterisk/sounds/en_US_f_Allison/digits/alarm.wav", "female_speech"),
+    ("usr/share/scratch/Media/Sounds/Human/Cough-female.wav", "coughing"),
+    ("usr/share/scratch/Media/Sounds/Human/BabyCry.mp3", "baby_crying"),
+    ("usr/share/scratch/Media/Sounds/Effects/Typing.mp3", "typing"),
+    ("usr/share/scratch/Media/Sounds/Animal/SeaLion.mp3", "sea_lion"),
+    # the package's own folder name is not a vinyl scratch
+    ("usr/share/scratch/Media/Sounds/Effects/SewingMachine.mp3", "machinery"),
+    ("usr/share/scratch/Media/Sounds/Instruments/Tambura.wav", "-"),
 ])
 def test_pack_labels_from_file_names(path, label):
     assert label_from_path(path) == label

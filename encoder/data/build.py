@@ -6,8 +6,9 @@
 --repos adds the real recordings of the GitHub sources checked out under REPOS (encoder/data/
 repos.py), minus the clip set's held-out recordings; --esc50 (a checkout of
 saraalemadi/DroneAudioDataset, or ESC-50) is read only to drop training files that share a
-Freesound id with ESC-50. Every real-recording item becomes one clean clip of its own (no mixing,
-no bed; `kind` "clean"), then mixtures fill the corpus up to --hours (`kind` "mix").
+Freesound id with ESC-50. Every recorded item (repositories and Debian packs, not the renders)
+becomes one clean clip of its own (no mixing, no bed; `kind` "clean"), then mixtures fill the
+corpus up to --hours (`kind` "mix").
 
 Layout of the output folder:
     shard-00000.npy ...   int16 16 kHz mono audio of consecutive clips (np.load(mmap_mode="r"))
@@ -301,7 +302,9 @@ def build_corpus(cfg: BuildConfig) -> Path:
     target_s = cfg.hours * 3600
     total_s, counts, seconds, kinds = 0.0, Counter(), Counter(), Counter()
     label_counts: Counter = Counter()
-    real = [it for it in lib.items if it.backend.startswith("repo:")]
+    # every recorded item (repositories and Debian packs; not the fluidsynth or espeak renders) is
+    # also one clean clip alone: real sounds without a bed, as users point the engine at them
+    real = [it for it in lib.items if it.backend.startswith(("repo:", "pack:"))]
     with open(tmp / "manifest.jsonl", "w") as manifest, \
             tqdm(total=round(target_s), desc="clean clips, then mixing", unit="s") as bar:
 
@@ -366,7 +369,8 @@ def parse_args(argv: list[str] | None) -> BuildConfig:
     p.add_argument("--hours", type=float, default=None, help="total clip hours (default 3; tiny 0.1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help="CI corpus: fluidsynth + espeak only, minutes")
-    p.add_argument("--packs", nargs="*", default=None, help="Debian sample packs (default: all)")
+    p.add_argument("--packs", nargs="*", default=None,
+                   help="Debian sample packs (default: all of them; --packs with no names: none)")
     p.add_argument("--variants", type=int, default=None, help="fluidsynth renders per preset")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repos", type=Path, default=None,

@@ -63,6 +63,14 @@ PACKS = (
     PackSpec("0ad-data", "CC-BY-SA-3.0", r"0ad/mods/public/public\.zip$",
              inner=r"^audio/(actor/fauna/(animal|death)|ambient/(weather|water|dayscape|building)|"
                    r"resource|actor/singlesteps|attack)/"),
+    # real speech: one woman's (Allison Smith's) telephone prompts, recorded at 8 kHz; not its
+    # silences and tones
+    PackSpec("asterisk-core-sounds-en-wav", "CC-BY-SA-3.0 (Digium)", r"asterisk/sounds/[^/]+/.*\.wav$",
+             r"/doc/|/silence/|tone|beep"),
+    # Scratch 1.4's sound library: real recordings named by what they are (Electronic and Vocals skipped:
+    # synthetic effects and sung phrases)
+    PackSpec("scratch", "GPL-2 / CC-BY-SA (MIT Scratch media)",
+             r"scratch/Media/Sounds/(Animal|Effects|Human|Instruments|Percussion)/.*\.(wav|mp3)$"),
 )
 LIBRARY_VERSION = 2  # part of each pack library's cache key: bump when labelling code changes
 # Files whose package credits say non-commercial: never read (../shared/data-sources.md).
@@ -72,6 +80,16 @@ NON_COMMERCIAL = re.compile(r"gcompris.*instruments/drum_kit\.ogg$")
 # Order matters: specific phrases before the generic words they contain.
 # The label "-" drops a file: names that mislead the rules below (UI clicks, spoken channel names).
 LABEL_RULES: tuple[tuple[str, str], ...] = (
+    (r"\basterisk sounds\b", "female_speech"),  # the pack is one woman's speech; "alarm" etc. are words in it
+    (r"\bcough", "coughing"),
+    (r"\bsneeze", "sneezing"),
+    (r"baby ?cry|infant cry", "baby_crying"),
+    (r"sea ?lion", "sea_lion"),
+    (r"tambura", "-"),  # a drone instrument, not a tambourine
+    (r"water ?drop", "water_drops"),
+    (r"car ?passing", "car_passing"),
+    (r"motorcycle", "motorcycle"),
+    (r"\btyping\b", "typing"),
     (r"fire ?station|audio channel|audio test|fanfare|\bbutton|checkbox|slider|\bclick|select unit|"
      r"swordman (ack|select)", "-"),
     (r"drum (splash|cymbal)|drumkits .*splash", "cymbal"),
@@ -151,7 +169,8 @@ LABEL_RULES: tuple[tuple[str, str], ...] = (
     (r"woodcutting|chop|\bcutting\b|tree falling", "wood_chopping"),
     (r"\bdig\b|\bdigging\b|shovel|pickaxe|gravel dig|worker mine", "digging"),
     (r"cash|register|\btill\b|\bcoins?\b|\bgold\b", "cash_register"),
-    (r"vinyl|scratch", "vinyl_scratch"),
+    (r"balloon scratch", "-"),
+    (r"vinyl|scratch(?! media)", "vinyl_scratch"),  # not the Scratch package's own folder
     (r"machinegun|machine gun|chaingun|\bsmg\b|\bhmg\b|minigun", "machine_gun"),
     (r"gunshot|shotgun|pistol|rifle|sniper|musket|\bgun\b|thunderstick|cannon", "gunshot"),
     (r"explo|\bbomb|\bboom\b|cineboom|tnt explode|nuclear", "explosion"),
