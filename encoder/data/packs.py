@@ -65,11 +65,11 @@ PACKS = (
                    r"resource|actor/singlesteps|attack)/"),
     # real speech: one woman's (Allison Smith's) telephone prompts, recorded at 8 kHz; not its
     # silences and tones
-    PackSpec("asterisk-core-sounds-en-wav", "CC-BY-SA-3.0 (Digium)", r"asterisk/sounds/[^/]+/.*\.wav$",
+    PackSpec("asterisk-core-sounds-en-wav", "CC-BY-SA-3.0 (Allison Smith)", r"asterisk/sounds/[^/]+/.*\.wav$",
              r"/doc/|/silence/|tone|beep"),
     # Scratch 1.4's sound library: real recordings named by what they are (Electronic and Vocals skipped:
     # synthetic effects and sung phrases)
-    PackSpec("scratch", "GPL-2 / CC-BY-SA (MIT Scratch media)",
+    PackSpec("scratch", "CC-BY-SA-3.0 (MIT Scratch media)",
              r"scratch/Media/Sounds/(Animal|Effects|Human|Instruments|Percussion)/.*\.(wav|mp3)$"),
 )
 LIBRARY_VERSION = 2  # part of each pack library's cache key: bump when labelling code changes
