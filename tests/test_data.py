@@ -19,7 +19,7 @@ from encoder.data.dataset import Corpus
 from encoder.data.labels import CLASSES, phrases
 from encoder.data.midi import Note, Part, midi_bytes
 from encoder.data.packs import label_from_path, recording_id
-from encoder.data.sources import SourceItem, assign_splits
+from encoder.data.sources import Library, SourceItem, assign_splits
 
 needs_synth = pytest.mark.skipif(
     shutil.which("fluidsynth") is None or shutil.which("espeak-ng") is None
@@ -191,6 +191,22 @@ def test_split_keeps_single_source_class_in_train():
 ])
 def test_pack_labels_from_file_names(path, label):
     assert label_from_path(path) == label
+
+
+def test_a_library_cache_key_survives_dots_in_the_package_name(tmp_path):
+    # "wesnoth-1.16-data": each key must be its own cache, not one file cut at the first dot
+    lengths = {"aaaa": 16000, "bbbb": 9600}
+    for key, n in lengths.items():
+        lib = Library()
+        assert lib.add(SourceItem(key, key, "dog", "pack:wesnoth-1.16-data", "GPL-2+"),
+                       np.sin(np.arange(n) / 3.0).astype(np.float32))
+        lib.save(tmp_path / f"pack-wesnoth-1.16-data-{key}")
+    for key, n in lengths.items():
+        stem = tmp_path / f"pack-wesnoth-1.16-data-{key}"
+        assert Library.cached(stem)
+        got = Library.load(stem)
+        assert [it.item_id for it in got.items] == [key] and abs(len(got.get_float(got.items[0])) - n) < 400
+    assert not Library.cached(tmp_path / "pack-wesnoth-1.16-data-cccc")
 
 
 def test_recording_id_groups_takes():

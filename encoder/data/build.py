@@ -141,15 +141,21 @@ def collect_sources(cfg: BuildConfig, scan: repos.Scan | None = None) -> tuple[L
     specs = cfg.pack_specs()
     if specs:
         yam = packs.YamNet(cfg.cache)
+        esc50_ids = frozenset()  # packs whose credits name Freesound sources drop ESC-50's recordings
+        if cfg.esc50 is not None and any(spec.credits for spec in specs):
+            from encoder import esc50
+
+            esc50_ids = frozenset(esc50.freesound_ids(cfg.esc50))
 
         def one(spec: packs.PackSpec) -> Library:
             key = stable_hash(spec, packs.LIBRARY_VERSION, packs.LABEL_RULES, cfg.yamnet_threshold,
-                             packs.MAX_ITEM_S)
+                             packs.MAX_ITEM_S, *((sorted(esc50_ids),) if spec.credits else ()))
             stem = libdir / f"pack-{spec.deb}-{key}"
-            stats_path = stem.with_suffix(".stats.json")
+            stats_path = stem.with_name(stem.name + ".stats.json")
 
             def make() -> Library:
-                lib, st = packs.build_pack(spec, cfg.cache / "debs", yam, cfg.yamnet_threshold)
+                lib, st = packs.build_pack(spec, cfg.cache / "debs", yam, cfg.yamnet_threshold,
+                                           esc50_ids=esc50_ids)
                 stats_path.parent.mkdir(parents=True, exist_ok=True)
                 stats_path.write_text(json.dumps(st))
                 return lib
@@ -165,7 +171,7 @@ def collect_sources(cfg: BuildConfig, scan: repos.Scan | None = None) -> tuple[L
                 bar.update(1)
     for source in scan.sources if scan is not None else ():
         stem = libdir / f"repo-{source.spec.source}-{source.key}"
-        stats_path = stem.with_suffix(".stats.json")
+        stats_path = stem.with_name(stem.name + ".stats.json")
 
         def make(source: repos.SourceScan = source, stats_path: Path = stats_path) -> Library:
             with tqdm(total=len(source.files), desc=source.spec.source, unit="file", leave=False) as bar:

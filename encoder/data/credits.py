@@ -8,6 +8,9 @@ Two formats are read:
 - Fris0uman/CDDA-Soundpacks `credits.md` per folder (`| file.ogg | author | **CC0** | URL |`) and
   the older `credits.txt` beside some of them (`"a" and "b" by X (URL) licensed under CC-BY-NC`).
 
+Debian packages' machine-readable copyright files (DEP-5) are read too (`read_dep5`): one
+`Files:` stanza per group of source-tree paths, its `License:` and a `Comment:` with the links.
+
 A file counts as non-commercial when any credit line that names it says NC: the two CDDA files
 whose credits.md and credits.txt disagree are dropped on the stricter of the two.
 """
@@ -21,7 +24,7 @@ from pathlib import Path
 
 _TAKE = re.compile(r"^(.*?)(?:[_.]\d+)?$")  # as encoder.clipset: "toucan_02" -> "toucan"
 _NC = re.compile(r"\bNC\b|non-?commercial", re.IGNORECASE)
-_FREESOUND = re.compile(r"freesound\.org/(?:s|sounds|people/[^/\s]+/sounds)/(\d+)")
+_FREESOUND = re.compile(r"freesound\.org/(?:(?:s|sounds|people/[^/\s]+/sounds)/|samplesViewSingle\.php\?id=)(\d+)")
 # `[pattern][ref]`, the pattern itself may hold one bracket group: `[ar_burst_0[1-2]][ar_fire]`
 _MD_NAME = re.compile(r"^\[(?P<pat>(?:[^\[\]]|\[[^\]]*\])+)\]\[(?P<ref>[^\]]*)\]")
 _MD_LINK = re.compile(r"^\[(?P<ref>[^\]]+)\]:\s*(?P<url>\S+)", re.MULTILINE)
@@ -141,3 +144,44 @@ def non_commercial_names(pack: Path) -> set[str]:
         table = read_cdda_folder(folder)
         names.update(stem for stem, credits in table.exact.items() if any(c.non_commercial for c in credits))
     return names
+
+
+@dataclass(frozen=True)
+class Dep5Stanza:
+    patterns: tuple[str, ...]  # the `Files:` globs, relative to the source tree ("src/*/resource/*.ogg")
+    credit: Credit
+
+
+def read_dep5(text: str) -> list[Dep5Stanza]:
+    """The `Files:` stanzas of a DEP-5 copyright file, in order. A stanza is NC when its licence name
+    or its comment says so (GCompris's drum_kit.ogg: "the webpage now indicates CC-BY-NC-3.0");
+    licence texts (continuation lines of `License:`) are not read for it."""
+    stanzas = []
+    for para in re.split(r"\n\s*\n", text):
+        fields: dict[str, str] = {}
+        key = None
+        for line in para.splitlines():
+            if line[:1] in (" ", "\t") and key is not None:
+                fields[key] += "\n" + line.strip()
+            elif ":" in line:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                fields[key] = value.strip()
+        if "files" not in fields:
+            continue
+        licence = fields.get("license", "").split("\n")[0].strip()
+        comment = fields.get("comment", "")
+        credit = Credit(licence, tuple(int(i) for i in _FREESOUND.findall(comment + " " + fields.get("source", ""))),
+                        bool(_NC.search(licence) or _NC.search(comment)))
+        stanzas.append(Dep5Stanza(tuple(fields["files"].split()), credit))
+    return stanzas
+
+
+def dep5_credit(stanzas: list[Dep5Stanza], path: str) -> Credit | None:
+    """The credit of one source-tree path: the last stanza whose pattern matches (DEP-5's rule;
+    `*` also crosses '/'), None when none does."""
+    found = None
+    for st in stanzas:
+        if any(fnmatch.fnmatchcase(path, p) for p in st.patterns):
+            found = st.credit
+    return found

@@ -129,6 +129,7 @@ _TABLE = [
     _c("laser", "a laser gun fires", "a laser blast|a sci-fi laser", "weapon", "c"),
     _c("whoosh", "something whooshes past", "a whoosh|a swoosh", "weapon", "c"),
     # music
+    _c("music", "music plays", "music playing|a piece of music|instrumental music|background music", "music"),
     _c("piano", "a piano plays", "a piano|piano music|someone playing the piano", "music"),
     _c("electric_piano", "an electric piano plays", "an electric piano|electric piano chords", "music"),
     _c("harpsichord", "a harpsichord plays", "a harpsichord|harpsichord music", "music"),

@@ -13,9 +13,11 @@ import io
 import random
 import re
 import shutil
+import struct
 import subprocess
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from . import credits as credit_files
 from .sources import SAMPLE_RATE, Library, SourceItem, stable_hash, to_mono_16k, trim
 from .yamnet import YamNet, pseudo_label
 
@@ -38,6 +41,15 @@ class PackSpec:
     include: str  # regex over tar member paths: what to read
     exclude: str = r"/music/|/doc/"
     inner: str = ""  # regex over members of an archive (.zip/.pk3) in the deb; "" = all audio
+    music: str = ""  # regex over member paths: the package's soundtrack, every file labelled "music"
+    # the package's machine-readable (DEP-5) copyright file: per-file licences and Freesound ids,
+    # so NC files and ESC-50's recordings are dropped; credits_root turns a member path into the
+    # source-tree path that the file's "Files:" patterns name
+    credits: str = ""
+    credits_root: str = ""
+
+    def is_music(self, path: str) -> bool:
+        return bool(self.music) and re.search(self.music, path) is not None
 
 
 PACKS = (
@@ -51,18 +63,23 @@ PACKS = (
     PackSpec("hydrogen-data", "GPL-2+", r"drumkits/.*\.(wav|flac)$"),
     PackSpec("sonic-pi-samples", "CC0 / CC-BY (freesound)", r"sonic-pi/samples/.*\.flac$"),
     PackSpec("ufoai-sound", "GPL-2+ / CC-BY-SA", r"0snd\.pk3$"),
-    PackSpec("scorched3d-data", "GPL-2+", r"globalmods/.*/wav/.*\.wav$"),
-    PackSpec("lincity-ng-data", "GPL-2+", r"lincity-ng/sounds/.*\.(wav|ogg)$"),
+    PackSpec("scorched3d-data", "GPL-2+", r"globalmods/.*/wav/.*\.wav$", music=r"scorched3d/.*/music/.*\.ogg$"),
+    PackSpec("lincity-ng-data", "GPL-2+", r"lincity-ng/sounds/.*\.(wav|ogg)$", music=r"lincity-ng/music/"),
     PackSpec("wesnoth-1.16-data", "GPL-2+", r"wesnoth/1\.16/data/.*sounds/.*\.(ogg|wav)$"),  # 1.16/sounds: UI
     PackSpec("widelands-data", "GPL-2+", r"widelands/data/(sound|world)/.*\.(ogg|wav)$",
-             r"/music/|/doc/|/sound/(gui|message|lobby|military|other)|/sound/[^/]*\.ogg$"),
+             r"/music/|/doc/|/sound/(gui|message|lobby|military|other)|/sound/[^/]*\.ogg$",
+             music=r"widelands/data/music/.*\.ogg$"),
     PackSpec("megaglest-data", "CC-BY-SA-3.0",
              r"megaglest/(tilesets/[^/]+/sounds|techs/megapack/commondata/sounds|data/core/water_sounds|"
              r"techs/megapack/factions/[^/]+/units/(chicken|sheep|bull|elephant|wild_sow|beehive|"
-             r"horseman|swordman|worker|technician|archer)/sounds)/.*\.(wav|ogg)$"),
+             r"horseman|swordman|worker|technician|archer)/sounds)/.*\.(wav|ogg)$",
+             music=r"megaglest/.*/music/.*\.ogg$"),
+    # 0 A.D.: its real recordings, its soundtrack (62 recorded pieces) and its citizens' voices
+    # (short spoken orders by men and women, in Greek, Latin, Meroitic and Persian)
     PackSpec("0ad-data", "CC-BY-SA-3.0", r"0ad/mods/public/public\.zip$",
              inner=r"^audio/(actor/fauna/(animal|death)|ambient/(weather|water|dayscape|building)|"
-                   r"resource|actor/singlesteps|attack)/"),
+                   r"resource|actor/singlesteps|attack|music|voice/[a-z]+/civ)/",
+             music=r"public\.zip/audio/music/"),
     # real speech: one woman's (Allison Smith's) telephone prompts, recorded at 8 kHz; not its
     # silences and tones
     PackSpec("asterisk-core-sounds-en-wav", "CC-BY-SA-3.0 (Allison Smith)", r"asterisk/sounds/[^/]+/.*\.wav$",
@@ -71,6 +88,14 @@ PACKS = (
     # synthetic effects and sung phrases)
     PackSpec("scratch", "CC-BY-SA-3.0 (MIT Scratch media)",
              r"scratch/Media/Sounds/(Animal|Effects|Human|Instruments|Percussion)/.*\.(wav|mp3)$"),
+    # GCompris's activities (Qt resource files): farm animals, 25 instruments, world music, the sound
+    # memory game's recordings and a few activities' real sounds; not its UI jingles (core.rcc)
+    PackSpec("gcompris-qt-data", "GPL-3+ / CC0 / CC-BY-3.0 / free-art (per file, DEP-5)",
+             r"gcompris-qt/rcc/(explore_farm_animals|explore_world_music|instruments|memory-sound|canal_lock|"
+             r"watercycle|railroad|traffic|guessnumber|money|target|melody|clickgame|"
+             r"scalesboard|reversecount)\.rcc$",
+             music=r"explore_world_music\.rcc", credits="usr/share/doc/gcompris-qt-data/copyright",
+             credits_root=r"^.*\.rcc/gcompris/"),
 )
 LIBRARY_VERSION = 2  # part of each pack library's cache key: bump when labelling code changes
 # Files whose package credits say non-commercial: never read (../shared/data-sources.md).
@@ -81,6 +106,8 @@ NON_COMMERCIAL = re.compile(r"gcompris.*instruments/drum_kit\.ogg$")
 # The label "-" drops a file: names that mislead the rules below (UI clicks, spoken channel names).
 LABEL_RULES: tuple[tuple[str, str], ...] = (
     (r"\basterisk sounds\b", "female_speech"),  # the pack is one woman's speech; "alarm" etc. are words in it
+    (r"^audio voice \w+ civ civ female", "female_speech"),  # 0 A.D.'s citizens: "civ_female_build_02"
+    (r"^audio voice \w+ civ civ male", "male_speech"),
     (r"\bcough", "coughing"),
     (r"\bsneeze", "sneezing"),
     (r"baby ?cry|infant cry", "baby_crying"),
@@ -90,6 +117,17 @@ LABEL_RULES: tuple[tuple[str, str], ...] = (
     (r"car ?passing", "car_passing"),
     (r"motorcycle", "motorcycle"),
     (r"\btyping\b", "typing"),
+    (r"accordion", "accordion"),
+    (r"harmonica", "harmonica"),
+    (r"banjo", "banjo"),
+    (r"\bharp\b", "harp"),
+    (r"saxophone|\bsax\b", "saxophone"),
+    (r"clarinet", "clarinet"),
+    (r"trombone", "trombone"),
+    (r"\btuba\b", "tuba"),
+    (r"timpani", "timpani"),
+    (r"xylofon|xylophone", "xylophone"),
+    (r"instruments resource horn\b", "french_horn"),  # GCompris's instrument, not a car's or a ship's
     (r"fire ?station|audio channel|audio test|fanfare|\bbutton|checkbox|slider|\bclick|select unit|"
      r"swordman (ack|select)", "-"),
     (r"drum (splash|cymbal)|drumkits .*splash", "cymbal"),
@@ -182,7 +220,7 @@ LABEL_RULES: tuple[tuple[str, str], ...] = (
     (r"\bbeep|elec blip|elec ping|oxygen|freedesktop|dialog|message|notification", "beep"),
     # instruments (lmms, sonic-pi, hydrogen)
     (r"church organ", "church_organ"),
-    (r"e piano|epiano", "electric_piano"),
+    (r"\be piano|epiano", "electric_piano"),  # not "resource piano"
     (r"\bpiano", "piano"),
     (r"harpsichord", "harpsichord"),
     (r"\borgan", "organ"),
@@ -219,7 +257,7 @@ def normalise_path(path: str) -> str:
 def label_from_path(path: str) -> str | None:
     """Class label from a pack member path using LABEL_RULES, or None. Inside an archive only the
     member's own path counts (the archive's name, e.g. "opensfx.cat", says nothing)."""
-    words = normalise_path(re.split(r"\.(?:cat|pk3|zip)/", path)[-1])
+    words = normalise_path(re.split(r"\.(?:cat|pk3|zip|rcc)/", path)[-1])
     for rx, label in _COMPILED:
         if rx.search(words):
             return label
@@ -252,7 +290,8 @@ def fetch_deb(name: str, debs_dir: Path) -> Path:
 
 
 def iter_deb_members(deb: Path, spec: PackSpec, spool_dir: Path) -> Iterator[tuple[str, bytes | Path]]:
-    """(path, content) of the deb's data members matching the spec, read without unpacking the deb.
+    """(path, content) of the deb's data members matching the spec (its include and exclude, or its
+    music), read without unpacking the deb.
     Archives (.zip) come as a temporary file in spool_dir (0ad's is 3 GB), others as bytes."""
     if shutil.which("dpkg") is None:
         raise RuntimeError("dpkg not found: cannot read .deb sample packs")
@@ -260,7 +299,7 @@ def iter_deb_members(deb: Path, spec: PackSpec, spool_dir: Path) -> Iterator[tup
     proc = subprocess.Popen(["dpkg", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
     with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
         for m in tar:
-            if m.isfile() and inc.search(m.name) and not exc.search(m.name):
+            if m.isfile() and ((inc.search(m.name) and not exc.search(m.name)) or spec.is_music(m.name)):
                 f = tar.extractfile(m)
                 if f is None:
                     continue
@@ -278,6 +317,23 @@ def iter_deb_members(deb: Path, spec: PackSpec, spool_dir: Path) -> Iterator[tup
     proc.wait()
 
 
+def read_deb_member(deb: Path, member: str) -> bytes | None:
+    """One file of a .deb's data (e.g. its copyright file), or None when absent."""
+    # stops reading at the member: dpkg's complaint about the closed pipe is expected
+    proc = subprocess.Popen(["dpkg", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    found = None
+    with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+        for m in tar:
+            if m.isfile() and m.name.lstrip("./") == member:
+                f = tar.extractfile(m)
+                found = f.read() if f is not None else None
+                break
+    proc.stdout.close()
+    proc.wait()
+    return found
+
+
 def expand_container(path: str, data: bytes | Path, inner: str = "") -> Iterator[tuple[str, bytes]]:
     """Audio files inside archives: .zip, Quake-style .pk3 (zip) and OpenTTD's opensfx.cat.
     inner: regex an archive member must match."""
@@ -285,8 +341,8 @@ def expand_container(path: str, data: bytes | Path, inner: str = "") -> Iterator
         rx = re.compile(inner) if inner else None
         with zipfile.ZipFile(data if isinstance(data, Path) else io.BytesIO(data)) as z:
             for name in z.namelist():
-                if (name.lower().endswith(AUDIO_EXT) and "music/" not in name
-                        and (rx is None or rx.search(name))):
+                # an archive's music is skipped unless the inner pattern names it
+                if name.lower().endswith(AUDIO_EXT) and (rx.search(name) if rx else "music/" not in name):
                     yield f"{path}/{name}", z.read(name)
     elif path.endswith(".cat"):
         # Table of (uint32 offset | 0x80000000 flag, uint32 size); entry = name length byte,
@@ -300,8 +356,48 @@ def expand_container(path: str, data: bytes | Path, inner: str = "") -> Iterator
             title = re.search(r'"([^"]+)"', desc)  # 'Title'. Original ... License: ...
             name = re.sub(r"[^\w ()-]+", " ", title.group(1) if title else desc[:40]).strip()
             yield f"{path}/{i:02d} {name}.wav", data[off + 1 + n : off + size]
+    elif path.endswith(".rcc"):
+        for name, blob in rcc_files(data):
+            if name.lower().endswith(AUDIO_EXT + (".mp3",)):
+                yield f"{path}/{name.lstrip('/')}", blob
     else:
         yield path, data
+
+
+def rcc_files(data: bytes) -> Iterator[tuple[str, bytes]]:
+    """(path, content) of the files in a Qt resource file (.rcc, as `rcc -binary` writes it).
+
+    Header: b"qres", version, then the offsets of the tree, the data and the names (uint32 big
+    endian). Tree nodes are 14 bytes (version 1) or 22 (version >= 2: + last-modified): name offset,
+    flags (2 = directory: child count, first child; else country, language, data offset). A name is
+    its length, a hash, then UTF-16BE; a file's data is its size then the bytes, zlib-compressed
+    after a 4-byte length when flags & 1. zstd-compressed files (flags & 4) are skipped: no reader
+    for them here."""
+    if data[:4] != b"qres":
+        raise ValueError("not a Qt resource file (no 'qres' magic)")
+    version, tree, blobs, names = struct.unpack(">IIII", data[4:20])
+    node_size = 22 if version >= 2 else 14
+
+    def name_at(off: int) -> str:
+        (n,) = struct.unpack(">H", data[names + off : names + off + 2])
+        return data[names + off + 6 : names + off + 6 + 2 * n].decode("utf-16-be")
+
+    stack = [(0, "")]
+    while stack:
+        i, prefix = stack.pop()
+        o = tree + i * node_size
+        name_off, flags = struct.unpack(">IH", data[o : o + 6])
+        path = f"{prefix}/{name_at(name_off)}" if i else ""
+        if flags & 2:
+            count, first = struct.unpack(">II", data[o + 6 : o + 14])
+            stack.extend((j, path) for j in range(first + count - 1, first - 1, -1))
+            continue
+        if flags & 4:
+            continue
+        (off,) = struct.unpack(">I", data[o + 10 : o + 14])
+        (size,) = struct.unpack(">I", data[blobs + off : blobs + off + 4])
+        blob = data[blobs + off + 4 : blobs + off + 4 + size]
+        yield path, zlib.decompress(blob[4:]) if flags & 1 else blob
 
 
 def decode(data: bytes) -> tuple[np.ndarray, int] | None:
@@ -344,15 +440,34 @@ def typing_sequences(keys: list[np.ndarray], n: int, seed: int) -> list[np.ndarr
 
 
 def build_pack(spec: PackSpec, debs_dir: Path, yamnet: YamNet | None, threshold: float = 0.4,
-               progress: Callable[[int], None] | None = None) -> tuple[Library, dict]:
-    """Library of one package's labelled sounds, plus stats (files, by_rule, by_yamnet, dropped)."""
+               progress: Callable[[int], None] | None = None,
+               esc50_ids: frozenset[int] = frozenset()) -> tuple[Library, dict]:
+    """Library of one package's labelled sounds, plus stats (files, by_rule, by_yamnet, dropped,
+    non_commercial, esc50_duplicates). esc50_ids: Freesound ids whose files are dropped (ESC-50's,
+    where the package's credits name a file's Freesound source)."""
     deb = fetch_deb(spec.deb, debs_dir)
     lib = Library()
-    stats = {"files": 0, "by_rule": 0, "by_yamnet": 0, "dropped": 0, "non_commercial": 0}
+    stats = {"files": 0, "by_rule": 0, "by_yamnet": 0, "dropped": 0, "non_commercial": 0, "esc50_duplicates": 0}
+    stanzas = None
+    if spec.credits:
+        text = read_deb_member(deb, spec.credits)
+        if text is None:
+            raise RuntimeError(f"{deb.name}: no {spec.credits}: the pack's per-file licences are unknown")
+        stanzas = credit_files.read_dep5(text.decode("utf-8", "replace"))
     keys: list[np.ndarray] = []
     for member, data in iter_deb_members(deb, spec, debs_dir.parent / "spool"):
         for path, blob in expand_container(member, data, spec.inner):
             stats["files"] += 1
+            licence = spec.licence
+            if stanzas is not None:
+                credit = credit_files.dep5_credit(stanzas, re.sub(spec.credits_root, "", path))
+                if credit is not None and credit.non_commercial:
+                    stats["non_commercial"] += 1
+                    continue
+                if credit is not None and esc50_ids.intersection(credit.freesound_ids):
+                    stats["esc50_duplicates"] += 1
+                    continue
+                licence = credit.licence if credit is not None and credit.licence else licence
             if NON_COMMERCIAL.search(path):
                 stats["non_commercial"] += 1
                 continue
@@ -364,7 +479,8 @@ def build_pack(spec: PackSpec, debs_dir: Path, yamnet: YamNet | None, threshold:
             if spec.deb == "bucklespring-data":
                 keys.append(trim(audio))
                 continue
-            label, how = label_from_path(path), "rule"
+            # a soundtrack is music whatever its track is called ("fire_dance", "river_ride")
+            label, how = ("music", "package music") if spec.is_music(path) else (label_from_path(path), "rule")
             if label is None and yamnet is not None and len(audio) >= 0.2 * SAMPLE_RATE:
                 label, score, name = pseudo_label(yamnet.scores(audio[: int(30 * SAMPLE_RATE)]),
                                                   threshold)
@@ -372,11 +488,11 @@ def build_pack(spec: PackSpec, debs_dir: Path, yamnet: YamNet | None, threshold:
             if label is None or label == "-":
                 stats["dropped"] += 1
                 continue
-            stats["by_rule" if how == "rule" else "by_yamnet"] += 1
+            stats["by_yamnet" if how.startswith("yamnet") else "by_rule"] += 1
             sid = recording_id(spec.deb, path)
             for j, seg in enumerate(segments(audio)):
                 lib.add(SourceItem(f"{spec.deb}:{path}:{j}", sid, label, f"pack:{spec.deb}",
-                                   spec.licence, meta={"path": path, "labelled_by": how}), seg)
+                                   licence, meta={"path": path, "labelled_by": how}), seg)
         if progress is not None:
             progress(1)
     if keys:

@@ -134,30 +134,36 @@ class Library:
     def get_float(self, item: SourceItem) -> np.ndarray:
         return self.get(item).astype(np.float32) / 32767.0
 
+    @staticmethod
+    def _file(stem: Path, suffix: str) -> Path:
+        # appended, never with_suffix: "pack-wesnoth-1.16-data-<key>" has dots, and with_suffix
+        # cut its name at the first one, so every key of that pack shared one cache file
+        return stem.with_name(stem.name + suffix)
+
     def save(self, stem: Path) -> None:
         self._flush()
         stem.parent.mkdir(parents=True, exist_ok=True)
         tmp = stem.with_name(stem.name + ".tmp.npy")
         np.save(tmp, self.audio)
-        with open(stem.with_suffix(".jsonl.tmp"), "w") as f:
+        with open(self._file(stem, ".jsonl.tmp"), "w") as f:
             for it in self.items:
                 f.write(json.dumps(asdict(it)) + "\n")
         # Index last: a library counts as cached only when its .jsonl exists.
-        tmp.replace(stem.with_suffix(".npy"))
-        stem.with_suffix(".jsonl.tmp").replace(stem.with_suffix(".jsonl"))
+        tmp.replace(self._file(stem, ".npy"))
+        self._file(stem, ".jsonl.tmp").replace(self._file(stem, ".jsonl"))
 
     @classmethod
     def load(cls, stem: Path) -> Library:
         lib = cls()
-        lib.audio = np.load(stem.with_suffix(".npy"))
-        with open(stem.with_suffix(".jsonl")) as f:
+        lib.audio = np.load(cls._file(stem, ".npy"))
+        with open(cls._file(stem, ".jsonl")) as f:
             lib.items = [SourceItem(**json.loads(line)) for line in f if line.strip()]
         lib._n = len(lib.audio)
         return lib
 
     @staticmethod
     def cached(stem: Path) -> bool:
-        return stem.with_suffix(".jsonl").exists() and stem.with_suffix(".npy").exists()
+        return Library._file(stem, ".jsonl").exists() and Library._file(stem, ".npy").exists()
 
 
 def assign_splits(items: list[SourceItem], dev_fraction: float, seed: int) -> dict[str, str]:
