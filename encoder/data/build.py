@@ -149,7 +149,8 @@ def collect_sources(cfg: BuildConfig, scan: repos.Scan | None = None) -> tuple[L
 
         def one(spec: packs.PackSpec) -> Library:
             key = stable_hash(spec, packs.LIBRARY_VERSION, packs.LABEL_RULES, cfg.yamnet_threshold,
-                             packs.MAX_ITEM_S, *((sorted(esc50_ids),) if spec.credits else ()))
+                             packs.MAX_ITEM_S, *((packs.MAX_MUSIC_S,) if spec.music else ()),
+                             *((sorted(esc50_ids),) if spec.credits else ()))
             stem = libdir / f"pack-{spec.deb}-{key}"
             stats_path = stem.with_name(stem.name + ".stats.json")
 

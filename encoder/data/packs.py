@@ -32,6 +32,7 @@ from .yamnet import YamNet, pseudo_label
 AUDIO_EXT = (".wav", ".ogg", ".flac", ".oga")
 MAX_ITEM_S = 12.0  # long ambiences are cut into pieces of at most this length
 MAX_FILE_S = 60.0  # and at most this much is kept from one file
+MAX_MUSIC_S = 24.0  # of a soundtrack's piece: 120 pieces would otherwise fill 15 % of a 12 h corpus
 
 
 @dataclass(frozen=True)
@@ -416,9 +417,9 @@ def decode(data: bytes) -> tuple[np.ndarray, int] | None:
     return np.frombuffer(r.stdout, dtype=np.float32)[:, None].copy(), SAMPLE_RATE
 
 
-def segments(audio: np.ndarray) -> list[np.ndarray]:
-    """Cut long recordings into <= MAX_ITEM_S pieces, keeping at most MAX_FILE_S per file."""
-    x = audio[: int(MAX_FILE_S * SAMPLE_RATE)]
+def segments(audio: np.ndarray, max_file_s: float = MAX_FILE_S) -> list[np.ndarray]:
+    """Cut long recordings into <= MAX_ITEM_S pieces, keeping at most max_file_s per file."""
+    x = audio[: int(max_file_s * SAMPLE_RATE)]
     step = int(MAX_ITEM_S * SAMPLE_RATE)
     if len(x) <= step:
         return [x]
@@ -490,7 +491,7 @@ def build_pack(spec: PackSpec, debs_dir: Path, yamnet: YamNet | None, threshold:
                 continue
             stats["by_yamnet" if how.startswith("yamnet") else "by_rule"] += 1
             sid = recording_id(spec.deb, path)
-            for j, seg in enumerate(segments(audio)):
+            for j, seg in enumerate(segments(audio, MAX_MUSIC_S if label == "music" else MAX_FILE_S)):
                 lib.add(SourceItem(f"{spec.deb}:{path}:{j}", sid, label, f"pack:{spec.deb}",
                                    licence, meta={"path": path, "labelled_by": how}), seg)
         if progress is not None:
