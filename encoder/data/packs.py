@@ -4,7 +4,10 @@
 are read straight out of `dpkg --fsys-tarfile`. Labels come from `LABEL_RULES` (regex over the
 member path -> class); files no rule matches go to the YAMNet pseudo-labeller and are kept only
 when it is confident. `source_id` is the file path without its variant number ("dog2" -> "dog"),
-because numbered files in these packs are usually takes of one recording.
+because numbered files in these packs are usually takes of one recording. A package's soundtrack
+(`PackSpec.music`) is the class "music" whatever its pieces are called, and a package with a
+machine-readable copyright file (`PackSpec.credits`) gives each file its own licence and drops the
+NC ones and ESC-50's Freesound recordings.
 """
 
 from __future__ import annotations
@@ -336,7 +339,7 @@ def read_deb_member(deb: Path, member: str) -> bytes | None:
 
 
 def expand_container(path: str, data: bytes | Path, inner: str = "") -> Iterator[tuple[str, bytes]]:
-    """Audio files inside archives: .zip, Quake-style .pk3 (zip) and OpenTTD's opensfx.cat.
+    """Audio files inside archives: .zip, Quake-style .pk3 (zip), OpenTTD's opensfx.cat and Qt's .rcc.
     inner: regex an archive member must match."""
     if path.endswith((".pk3", ".zip")):
         rx = re.compile(inner) if inner else None
