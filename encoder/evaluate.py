@@ -164,8 +164,13 @@ def targets_for(clip, labels: list[str], n_cols: int) -> np.ndarray:
 
 
 def dev_clips(corpus, max_clips: int) -> list:
-    """The first max_clips dev clips long enough for one 160 ms column (eval and probe share them)."""
-    return [c for c in corpus.clips("dev") if c.n_samples >= PATCH_FRAMES * 160][:max_clips]
+    """max_clips dev clips long enough for one 160 ms column, evenly spaced over the dev split (eval
+    and probe share them). Not the first max_clips: a manifest lists its clean clips before its
+    mixtures, so corpus-v3's first 400 of 900 dev clips were all single sources."""
+    ok = [c for c in corpus.clips("dev") if c.n_samples >= PATCH_FRAMES * 160]
+    if len(ok) <= max_clips:
+        return ok
+    return [ok[i] for i in np.linspace(0, len(ok) - 1, max_clips).round().astype(int)]
 
 
 def label_matrix(clips, labels: list[str]) -> np.ndarray:

@@ -6,6 +6,7 @@ import pytest
 from encoder.evaluate import (
     average_precision,
     classification_metrics,
+    dev_clips,
     frame_metrics,
     retrieval_metrics,
     top1_by_group,
@@ -93,3 +94,20 @@ def test_linear_probe_separates_what_carries_over_from_what_is_memorised():
     assert good["dev_top1"] > 0.9
     ids_only = probe(rng.normal(size=(200, 300)), y_tr, rng.normal(size=(100, 300)), y_dev)  # memorisable, no class
     assert ids_only["train_top1"] > 0.9 and ids_only["dev_top1"] < 0.5
+
+
+def test_dev_clips_are_spread_over_the_split_not_its_first_kind():
+    class Clip:
+        def __init__(self, i, kind, n_samples=16000):
+            self.id, self.kind, self.n_samples = f"dev-{kind}-{i}", kind, n_samples
+
+    class Corpus:  # a manifest lists its clean clips before its mixtures
+        def clips(self, split):
+            return ([Clip(i, "clean") for i in range(60)] + [Clip(i, "mix") for i in range(40)]
+                    + [Clip(0, "short", n_samples=100)])  # shorter than one column: never scored
+
+    picked = dev_clips(Corpus(), 50)
+    assert len({c.id for c in picked}) == 50 and all(c.kind != "short" for c in picked)
+    assert 25 <= sum(c.kind == "clean" for c in picked) <= 35  # the split's 60 / 40, not 50 clean
+    assert picked[0].id == "dev-clean-0" and picked[-1].id == "dev-mix-39"
+    assert len(dev_clips(Corpus(), 500)) == 100  # fewer than asked: all of them
