@@ -102,8 +102,6 @@ PACKS = (
              credits_root=r"^.*\.rcc/gcompris/"),
 )
 LIBRARY_VERSION = 2  # part of each pack library's cache key: bump when labelling code changes
-# Files whose package credits say non-commercial: never read (../shared/data-sources.md).
-NON_COMMERCIAL = re.compile(r"gcompris.*instruments/drum_kit\.ogg$")
 
 # (regex over the normalised path "words separated by spaces", label); the first match wins.
 # Order matters: specific phrases before the generic words they contain.
@@ -462,19 +460,15 @@ def build_pack(spec: PackSpec, debs_dir: Path, yamnet: YamNet | None, threshold:
     for member, data in iter_deb_members(deb, spec, debs_dir.parent / "spool"):
         for path, blob in expand_container(member, data, spec.inner):
             stats["files"] += 1
-            licence = spec.licence
-            if stanzas is not None:
-                credit = credit_files.dep5_credit(stanzas, re.sub(spec.credits_root, "", path))
-                if credit is not None and credit.non_commercial:
-                    stats["non_commercial"] += 1
-                    continue
-                if credit is not None and esc50_ids.intersection(credit.freesound_ids):
-                    stats["esc50_duplicates"] += 1
-                    continue
-                licence = credit.licence if credit is not None and credit.licence else licence
-            if NON_COMMERCIAL.search(path):
+            credit = (credit_files.dep5_credit(stanzas, re.sub(spec.credits_root, "", path))
+                      if stanzas is not None else None)
+            if credit is not None and credit.non_commercial:
                 stats["non_commercial"] += 1
                 continue
+            if credit is not None and esc50_ids.intersection(credit.freesound_ids):
+                stats["esc50_duplicates"] += 1
+                continue
+            licence = credit.licence if credit is not None and credit.licence else spec.licence
             dec = decode(blob)
             if dec is None:
                 stats["dropped"] += 1
