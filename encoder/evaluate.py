@@ -24,9 +24,10 @@ system's top-1 change.
 --variants window,stream,stream-int8 scores "ours" also the ways the engine runs it, each clip
 replayed hop by hop (encoder/streamed.py): through the full window re-encoded every hop (window,
 the engine before its incremental encoder) or through the incremental encoder (stream, fp32 and
-int8): one more system column per variant on ESC-50 and the clip set (the last hop's global
-embedding), one more row set in the dev table (each column's embedding from the hop that first
-encoded it, through the same calibration).
+int8): one more system column per variant on ESC-50 and the clip set (the global embedding of the
+engine's end-of-stream summary, the last window encoded whole; stream-live: the last incremental
+hop's, as a live stream carries it), one more row set in the dev table (each column's embedding
+from the hop that first encoded it, through the same calibration).
 """
 
 from __future__ import annotations
@@ -364,7 +365,9 @@ def main(argv: list[str] | None = None, detect: Detect | None = None) -> int:
     p.add_argument("--variants", default="",
                    help="also score ours run as the engine runs it, each beside the whole-clip 'ours': a "
                         "comma-separated list of window (the full window re-encoded every hop, fp32: the speed "
-                        "changes' reference), stream (incremental, fp32), stream-int8 (incremental, int8)")
+                        "changes' reference), stream (incremental, fp32), stream-int8 (incremental, int8), "
+                        "stream-live (incremental, fp32, the clip-level global of the last hop, not of the "
+                        "end-of-stream summary)")
     args = p.parse_args(argv)
     try:
         variants = parse_variants(args.variants)

@@ -25,6 +25,8 @@ Variants (`VARIANTS`): how "ours" is run, each one more system in the evaluation
     window       full window re-encoded every hop, fp32: the speed changes' reference
     stream       incremental, fp32 (model.precision fp32)
     stream-int8  incremental, int8 weights (model.precision int8, the engine's default)
+    stream-live  incremental, fp32, the clip-level global from the last hop instead of the
+                 end-of-stream summary: what a live stream's hops carry between summaries
 """
 
 from __future__ import annotations
@@ -154,10 +156,42 @@ def _replay(audio: list[np.ndarray], hop_s: float, context_s: float, batch: int,
 
 
 def stream_clips(backend, audio: list[np.ndarray], hop_s: float = HOP_S, context_s: float = CONTEXT_S,
-                 batch: int = BATCH) -> list[tuple[np.ndarray, np.ndarray]]:
+                 batch: int = BATCH, summary: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     """`stream_clip` of each clip, `batch` clips at a time as parallel streams, one encoder call per
     hop for all of them (as the engine batches its streams' due hops; a row's result equals the
-    clip alone up to float rounding). Clips are grouped by length so that the batches stay full."""
+    clip alone up to float rounding). Clips are grouped by length so that the batches stay full.
+    summary: each clip's global is instead its end-of-stream summary's (`last_window_globals`)."""
+    out = _stream_clips(backend, audio, hop_s, context_s, batch)
+    if summary:
+        out = [(cols, g) for (cols, _), g in zip(out, last_window_globals(backend, audio, context_s, batch))]
+    return out
+
+
+def last_window_globals(backend, audio: list[np.ndarray], context_s: float = CONTEXT_S,
+                        batch: int = BATCH) -> list[np.ndarray]:
+    """Each clip's end-of-stream summary global (E,), as the engine's `_summarise` computes it:
+    the last context_s of columns up to `frontend.scored_columns` (the tail's partial column
+    completed with silence), through the full-window encoder, `batch` clips per padded call."""
+    max_columns = n_columns(round(context_s * FRAMES_PER_SECOND))
+    out: dict[int, np.ndarray] = {}
+    order = sorted(range(len(audio)), key=lambda i: len(audio[i]))
+    for lo in range(0, len(order), batch):
+        group = order[lo : lo + batch]
+        mels = []
+        for i in group:
+            end = scored_columns(len(audio[i]))
+            mels.append(log_mel(pad_to_columns(audio[i]))[:, max(0, end - max_columns) * PATCH_FRAMES : end * PATCH_FRAMES])
+        lengths = np.array([m.shape[1] for m in mels], np.int64)
+        mel = np.zeros((len(group), mels[0].shape[0], int(lengths.max())), np.float32)
+        for j, m in enumerate(mels):
+            mel[j, :, : m.shape[1]] = m
+        glob = backend.encode(mel, lengths)[2]
+        out.update({i: glob[j].copy() for j, i in enumerate(group)})
+    return [out[i] for i in range(len(audio))]
+
+
+def _stream_clips(backend, audio: list[np.ndarray], hop_s: float, context_s: float,
+                  batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
     max_columns = n_columns(round(context_s * FRAMES_PER_SECOND))
 
     def group_call(n_clips: int) -> HopCall:
@@ -224,11 +258,14 @@ ClipEncoder = Callable[[list[np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]
 @dataclass(frozen=True)
 class Variant:
     """Hop by hop as the engine runs: the incremental encoder, or the full window every hop
-    (the full-window encoder is fp32 only)."""
+    (the full-window encoder is fp32 only). The clip-level global is the end-of-stream summary's
+    (what the engine publishes when a file ends or a stream falls silent), or with summary False
+    the last hop's, as a live stream's hops carry it."""
 
     name: str  # as given to --variants
     precision: str  # the encoder's weights: fp32 | int8
     encoder: str = "incremental"  # context.encoder: incremental | window
+    summary: bool = True
 
     @property
     def system(self) -> str:
@@ -237,7 +274,7 @@ class Variant:
 
 
 VARIANTS = {v.name: v for v in (Variant("window", "fp32", "window"), Variant("stream", "fp32"),
-                                  Variant("stream-int8", "int8"))}
+                                  Variant("stream-int8", "int8"), Variant("stream-live", "fp32", summary=False))}
 
 
 def parse_variants(text: str | None) -> list[Variant]:
@@ -270,6 +307,8 @@ def open_systems(variants: list[Variant], model: str, cache_dir: str, threads: i
     systems = {"ours": OurSystem(fp32, lambda clips: [whole_clip(fp32, x) for x in clips])}
     for v in variants:
         b = fp32 if v.precision == "fp32" else open_backend("onnx", model, cache_dir, threads, precision=v.precision)
-        encode = window_clips if v.encoder == "window" else stream_clips
-        systems[v.system] = OurSystem(b, lambda clips, b=b, encode=encode: encode(b, clips))
+        if v.encoder == "window":  # its last window is already encoded whole: the summary's global
+            systems[v.system] = OurSystem(b, lambda clips, b=b: window_clips(b, clips))
+        else:
+            systems[v.system] = OurSystem(b, lambda clips, b=b, s=v.summary: stream_clips(b, clips, summary=s))
     return systems

@@ -4,8 +4,11 @@ to the same prompts, in one pass: the engine of the ESC-50 and clip-set tables o
 Every system scores every clip against every class's prompt; a clip's truth is its one class.
 - ours: cosine between the clip's global embedding (the whole clip in one window, as the engine's
   clip-level score) and each prompt's text embedding;
-- ours-stream, ours-stream-int8 (`main.py eval --variants`): the same with the global embedding of
-  the clip's last hop, the clip replayed hop by hop as the engine encodes it (encoder/streamed.py);
+- ours-window, ours-stream, ours-stream-int8 (`main.py eval --variants`): the same with the
+  global embedding the engine gives for the clip, replayed hop by hop as the engine encodes it
+  (encoder/streamed.py): its end-of-stream summary, the last window encoded whole;
+- ours-stream-live: the global embedding of the clip's last incremental hop instead, as a live
+  stream's hops carry it between summaries;
 - mn04, yamnet: the tagger's whole-clip AudioSet probabilities through `PromptMap`;
 - ensemble: the same mapping of the teachers' weighted mean (`EnsembleTagger`).
 Metrics: top-1, top-5, mAP (mean over classes of the AP of that class's prompt across clips),

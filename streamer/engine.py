@@ -51,7 +51,7 @@ from streamer.detector import EventDetector, EventEdge, Smoothing
 from streamer.embedding_store import EmbeddingStore
 from streamer.ingest import QUEUE_BYTES, QUEUE_FRAMES, FrameQueue, WorkerKeys, is_loopback
 from streamer.matcher import Calibration, Matcher, PromptCache, prompt_embeddings
-from streamer.publish import ClipWriter, Event, EventLog, Publisher, new_event_id
+from streamer.publish import ClipWriter, Event, EventLog, Publisher, new_event_id, scores_topic
 from streamer.resample import TARGET_RATE, StreamResampler
 from streamer.wire import MAX_FRAME_BYTES, WIRE_ERROR_REASONS, Frame, WireError
 
@@ -106,6 +106,7 @@ class EngineCounters:
     config_reloads: int = 0
     config_reload_failures: int = 0
     stale_transitions: int = 0
+    summaries: int = 0  # end-of-stream summaries (one full-window pass each on the incremental encoder)
     auth_refused: int = 0  # worker connections refused by CURVE authentication (unknown key)
     source_failures: Counter = field(default_factory=Counter)  # by (stream, reason): SOURCE_FAILURE_REASONS
     audio_seconds: float = 0.0  # stream-seconds of new audio analysed
@@ -644,27 +645,58 @@ class Engine:
 
     def _score_tail(self, state: StreamState) -> None:
         """Score the audio after a stream's last hop, its partial column padded with silence
-        (StreamContext.tail_window): a file's last 160 ms, or all of a clip shorter than one column."""
+        (StreamContext.tail_window): a file's last 160 ms, or all of a clip shorter than one column.
+        Then the end-of-stream summary (`_summarise`), where someone reads it."""
         w = state.context.tail_window()
         if not w.n_columns:
             return
+        n, first = 0, w.first_column + w.n_columns
+        columns = np.zeros((1, 0, int(self.manifest.get("embed_dim", 1))), np.float32)
+        valid = np.zeros((1, 0), bool)
+        glob = None
         if self.incremental:
             c = state.cache
             end = w.first_column + w.n_columns
-            if not (w.first_column <= c.end_column < end):
-                return  # nothing after the last hop's columns (or a cache that does not continue: nothing to add)
-            n = end - c.end_column
-            first = c.end_column
-            # the padded tail is scored, never cached: the stream clock does not move for it
-            columns, glob = encode_new_columns(self.backend, w.mel[None, :, (w.n_columns - n) * PATCH_FRAMES :].copy(),
-                                               np.array([n]), [c], commit=False)
-            valid = np.ones((1, n), bool)
+            if w.first_column <= c.end_column < end:  # else nothing after the last hop's columns (or a cache that does not continue)
+                n, first = end - c.end_column, c.end_column
+                # the padded tail is scored, never cached: the stream clock does not move for it
+                columns, glob = encode_new_columns(self.backend, w.mel[None, :, (w.n_columns - n) * PATCH_FRAMES :].copy(),
+                                                   np.array([n]), [c], commit=False)
+                valid = np.ones((1, n), bool)
         else:
             columns, valid, glob = self.backend.encode(w.mel[None].copy(), np.array([w.mel.shape[1]], np.int64))
             n, first = w.n_columns, w.first_column
-        scores = self.matcher(glob, columns, valid)
-        self._publish(state, {label: state.detectors[label](scores.column_scores[0, :n, p], first)
-                              for p, label in enumerate(scores.labels) if label in state.detectors})
+        if n:
+            scores = self.matcher(glob, columns, valid)
+            self._publish(state, {label: state.detectors[label](scores.column_scores[0, :n, p], first)
+                                  for p, label in enumerate(scores.labels) if label in state.detectors})
+        self._summarise(state, w, columns[:, :n], glob if not self.incremental else None, first)
+
+    def _summarise(self, state: StreamState, w: Window, tail_columns: np.ndarray, whole_glob: np.ndarray | None,
+                   first: int) -> None:
+        """The end-of-stream summary: the last window's global embedding with every column seeing
+        all of the window (one full-window pass on the incremental encoder, whose hops' globals
+        pool columns that each saw only up to their own hop), to the scores topic (`final`) and
+        the embedding store. Skipped when neither would read it, so tagging files pays nothing."""
+        wants_scores = (self.publisher is not None and bool(self.cfg.outputs.scores_topic)
+                        and self.publisher.has_subscribers(scores_topic(state.name)))
+        if not (wants_scores or self.embeddings is not None):
+            return
+        if whole_glob is None:
+            _, _, whole_glob = self.backend.encode(w.mel[None].copy(), np.array([w.mel.shape[1]], np.int64))
+        self.counters.summaries += 1
+        if self.embeddings is not None:
+            self.embeddings.add(state.name, whole_glob[0], w.first_column, w.n_columns,
+                                state.context.wall_time(w.first_column * PATCH_FRAMES),
+                                state.context.wall_time((w.first_column + w.n_columns) * PATCH_FRAMES))
+        if wants_scores:
+            scores = self.matcher(whole_glob, tail_columns, np.ones(tail_columns.shape[:2], bool))
+            level_db = 10 * np.log10(max(state.level_energy / max(state.level_samples, 1), 1e-10))
+            state.level_energy, state.level_samples = 0.0, 0
+            self.publisher.publish_scores(
+                state.name, model=self.model_id, labels=scores.labels, columns=scores.column_scores[0],
+                first_column=first, start=state.context.wall_time(first * PATCH_FRAMES),
+                global_scores=scores.global_scores[0], level_db=level_db, final=True)
 
     # -- loop -----------------------------------------------------------------------------------
     def poll_once(self, timeout_ms: int = 20) -> int:

@@ -132,6 +132,9 @@ class Metrics:
             "counter", "slap_config_reload_failures_total", "Config reloads refused (invalid) or failed")
         self.stale_transitions = Scraped(
             "counter", "slap_stream_stale_transitions_total", "Streams going stale (no audio for 2 s)")
+        self.summaries = Scraped(
+            "counter", "slap_stream_summaries_total",
+            "End-of-stream summaries (a stream ended or went stale while its scores or embeddings were read)")
         self.auth_refused = Scraped(
             "counter", "slap_auth_refused_total", "Worker connections refused by CURVE authentication")
         self.source_failures = Scraped(
@@ -285,6 +288,7 @@ class EngineMetrics:
         yield m.config_reloads.family(c.config_reloads)
         yield m.config_reload_failures.family(c.config_reload_failures)
         yield m.stale_transitions.family(c.stale_transitions)
+        yield m.summaries.family(getattr(c, "summaries", 0))
         if hasattr(c, "auth_refused"):
             yield m.auth_refused.family(c.auth_refused)
         failures = {(stream, reason): 0.0 for stream in engine.allowed or () for reason in self.failure_reasons}

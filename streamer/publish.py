@@ -491,12 +491,14 @@ class Publisher:
         global_scores: np.ndarray | None = None,
         column_s: float = SECONDS_PER_COLUMN,
         level_db: float | None = None,
+        final: bool = False,
     ) -> bool:
         """Send one hop's scores on scores.<stream>, if anyone subscribes (else nothing is built).
 
         columns: (C, P) scores of the hop's new columns, P = len(labels); first_column: the stream
         column index of columns[0]; start: its Unix time; global_scores: (P,) or None;
-        level_db: the hop's audio level (dB re full scale, RMS) or None.
+        level_db: the hop's audio level (dB re full scale, RMS) or None; final: the stream's
+        end-of-stream summary (its tail's columns, and the last window encoded whole).
         """
         topic = scores_topic(stream)
         if not self.has_subscribers(topic):
@@ -517,6 +519,7 @@ class Publisher:
             if global_scores is None
             else np.round(np.asarray(global_scores, np.float64), 4).tolist(),
             "level_db": _num(level_db, 1),
+            "final": bool(final),
             "time": _num(time.time(), 3),
         }
         if self._send(topic, payload):

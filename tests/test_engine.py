@@ -142,6 +142,64 @@ def test_bad_input_is_counted_and_the_engine_keeps_running(backend, tmp_path):
         engine.close()
 
 
+def _subscribed(engine: Engine, topic: str, timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if engine.publisher.has_subscribers(topic):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_stream_that_ends_gets_a_final_summary_from_its_last_window_encoded_whole(backend, tmp_path):
+    """A hop's global on the incremental encoder pools columns that each saw only up to their own
+    hop; when the stream ends, the summary's global is the full-window pass of the last window."""
+    from encoder.frontend import log_mel, pad_to_columns, scored_columns
+
+    cfg = EngineConfig.model_validate(engine_config(tmp_path, [{"label": "beep", "text": "a beep"},
+                                                               {"label": "hum", "text": "a low hum"}],
+                                                    scores_topic=True))
+    engine = Engine(cfg, backend)
+    sub = _scores_listener(cfg.outputs.pub_endpoint, "scores.clip")
+    try:
+        assert _subscribed(engine, "scores.clip")
+        t = np.arange(int(3.3 * SR)) / SR
+        audio = (0.3 * np.sin(2 * np.pi * (300 + 400 * t) * t)).astype(np.float32)
+        for seq, lo in enumerate(range(0, len(audio), 1600)):
+            engine.feed("clip", audio[lo : lo + 1600, None], SR, seq=seq, epoch=1)
+            while engine.step() is not None:
+                pass
+        engine.finish_stream("clip")
+        msgs = []
+        while (m := _next_scores(sub, 2.0)) is not None:
+            msgs.append(m)
+            if m["final"]:
+                break
+    finally:
+        sub.close(0)
+        engine.close()
+    hops, final = msgs[:-1], msgs[-1]
+    assert len(hops) == 6 and not any(m["final"] for m in hops) and final["final"]  # 6 hops in 3.3 s, then the summary
+    n = scored_columns(len(audio))  # the tail's partial column (0.1 s of 0.16) completed with silence
+    assert final["first_column"] == hops[-1]["first_column"] + len(hops[-1]["columns"]) and \
+        final["first_column"] + len(final["columns"]) == n
+    mel = log_mel(pad_to_columns(audio))[None, :, : n * 16]
+    glob = backend.encode(mel, np.array([mel.shape[-1]]))[2]
+    whole = engine.matcher(glob, np.zeros((1, 0, glob.shape[1]), np.float32))
+    np.testing.assert_allclose(final["global"], whole.global_scores[0], atol=2e-4)
+    assert engine.counters.summaries == 1
+
+
+def test_no_summary_is_computed_when_nobody_reads_it(backend, tmp_path):
+    cfg = EngineConfig.model_validate(engine_config(tmp_path, [{"label": "beep", "text": "a beep"}], scores_topic=True))
+    engine = Engine(cfg, backend, bind=False)
+    engine.feed("a", (0.1 * np.random.default_rng(0).standard_normal((12000, 1))).astype(np.float32), SR, seq=0, epoch=1)
+    while engine.step() is not None:
+        pass
+    engine.finish_stream("a")
+    assert engine.counters.summaries == 0  # `main.py tag` pays nothing for it
+
+
 def test_a_bad_config_line_is_one_line_naming_file_line_and_field(tmp_path):
     cfg = engine_config(tmp_path, [{"label": "dog", "text": "a dog barking", "on_threshold": 1.5}])
     path = write_yaml(tmp_path / "bad.yaml", cfg)

@@ -157,6 +157,19 @@ def test_the_window_variant_is_the_engines_window_mode_column_by_column(backend,
     np.testing.assert_allclose(window_clips(backend, [x])[0][1], whole_clip(backend, x)[1], atol=1e-5, rtol=1e-4)
 
 
+def test_the_end_of_stream_summary_is_the_window_paths_last_global(backend, sounds):
+    """What the engine publishes when a stream ends (Engine._summarise): the clip-level view of
+    every variant but stream-live, whose global stays the last incremental hop's."""
+    clips = [sounds[k] for k in ("speech", "chirp", "knock", "rain")]
+    live = stream_clips(backend, clips, batch=3)
+    summary = stream_clips(backend, clips, batch=3, summary=True)
+    for (cols, glob), (live_cols, _), (_, window_glob) in zip(summary, live, window_clips(backend, clips, batch=3)):
+        np.testing.assert_array_equal(cols, live_cols)  # the columns are the hops' either way
+        np.testing.assert_allclose(glob, window_glob, atol=1e-4, rtol=1e-3)
+    assert not np.allclose(live[0][1], summary[0][1], atol=1e-4)  # speech: its hops' columns never saw the end
+    assert [v.summary for v in parse_variants("stream,stream-int8,stream-live")] == [True, True, False]
+
+
 def test_one_hop_over_a_context_longer_than_the_clip_is_the_whole_clip_encode(backend, sounds):
     for name in ("chirp", "speech", "knock"):
         x = sounds[name]
