@@ -155,6 +155,16 @@ def _replay(audio: list[np.ndarray], hop_s: float, context_s: float, batch: int,
     return [out[i] for i in range(len(audio))]
 
 
+def window_batch(mels: list[np.ndarray], starts: list[int], ends: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Columns [starts[j], ends[j]) of each log-mel (N_MELS, T_j) as one zero-padded batch for the
+    full-window encoder: mel (B, N_MELS, max frames) float32, lengths (B,) int64 frames."""
+    lengths = np.array([(e - a) * PATCH_FRAMES for a, e in zip(starts, ends)], np.int64)
+    mel = np.zeros((len(mels), mels[0].shape[0], int(lengths.max())), np.float32)
+    for j, (m, a, e) in enumerate(zip(mels, starts, ends)):
+        mel[j, :, : lengths[j]] = m[:, a * PATCH_FRAMES : e * PATCH_FRAMES]
+    return mel, lengths
+
+
 def stream_clips(backend, audio: list[np.ndarray], hop_s: float = HOP_S, context_s: float = CONTEXT_S,
                  batch: int = BATCH, summary: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     """`stream_clip` of each clip, `batch` clips at a time as parallel streams, one encoder call per
@@ -177,15 +187,9 @@ def last_window_globals(backend, audio: list[np.ndarray], context_s: float = CON
     order = sorted(range(len(audio)), key=lambda i: len(audio[i]))
     for lo in range(0, len(order), batch):
         group = order[lo : lo + batch]
-        mels = []
-        for i in group:
-            end = scored_columns(len(audio[i]))
-            mels.append(log_mel(pad_to_columns(audio[i]))[:, max(0, end - max_columns) * PATCH_FRAMES : end * PATCH_FRAMES])
-        lengths = np.array([m.shape[1] for m in mels], np.int64)
-        mel = np.zeros((len(group), mels[0].shape[0], int(lengths.max())), np.float32)
-        for j, m in enumerate(mels):
-            mel[j, :, : m.shape[1]] = m
-        glob = backend.encode(mel, lengths)[2]
+        ends = [scored_columns(len(audio[i])) for i in group]
+        mels = [log_mel(pad_to_columns(audio[i])) for i in group]
+        glob = backend.encode(*window_batch(mels, [max(0, e - max_columns) for e in ends], ends))[2]
         out.update({i: glob[j].copy() for j, i in enumerate(group)})
     return [out[i] for i in range(len(audio))]
 
@@ -228,11 +232,7 @@ def window_clips(backend, audio: list[np.ndarray], hop_s: float = HOP_S, context
 
         def call(rows: list[int], mels: list[np.ndarray], ends: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
             starts = [max(0, end - max_columns) for end in ends]
-            lengths = np.array([(e - a) * PATCH_FRAMES for a, e in zip(starts, ends)], np.int64)
-            mel = np.zeros((len(rows), mels[0].shape[0], int(lengths.max())), np.float32)
-            for j, (m, a, e) in enumerate(zip(mels, starts, ends)):
-                mel[j, :, : lengths[j]] = m[:, a * PATCH_FRAMES : e * PATCH_FRAMES]
-            cols, _, glob = backend.encode(mel, lengths)
+            cols, _, glob = backend.encode(*window_batch(mels, starts, ends))
             new = [cols[j, done[r] - a : e - a] for j, (r, a, e) in enumerate(zip(rows, starts, ends))]
             for r, e in zip(rows, ends):
                 done[r] = e

@@ -147,6 +147,12 @@ class StreamState:
     level_samples: int = 0
     cache: StreamCache | None = None  # the incremental encoder's keys/values (None: window mode)
 
+    def take_level_db(self) -> float:
+        """The RMS level (dB re full scale) of the audio fed since the last call, then start afresh."""
+        level_db = 10 * np.log10(max(self.level_energy / max(self.level_samples, 1), 1e-10))
+        self.level_energy, self.level_samples = 0.0, 0
+        return level_db
+
 
 @dataclass
 class Encoded:
@@ -501,8 +507,7 @@ class Engine:
         new_events = 0
         for i, (s, w) in enumerate(zip(due, windows)):
             new_events += self._publish(s, edges_per_stream[i])
-            level_db = 10 * np.log10(max(s.level_energy / max(s.level_samples, 1), 1e-10))
-            s.level_energy, s.level_samples = 0.0, 0
+            level_db = s.take_level_db()
             if self.embeddings is not None and keep[i]:
                 self.embeddings.add(s.name, enc.glob[i], w.first_column, w.n_columns,
                                     s.context.wall_time(w.first_column * PATCH_FRAMES),
@@ -691,12 +696,10 @@ class Engine:
                                 state.context.wall_time((w.first_column + w.n_columns) * PATCH_FRAMES))
         if wants_scores:
             scores = self.matcher(whole_glob, tail_columns, np.ones(tail_columns.shape[:2], bool))
-            level_db = 10 * np.log10(max(state.level_energy / max(state.level_samples, 1), 1e-10))
-            state.level_energy, state.level_samples = 0.0, 0
             self.publisher.publish_scores(
                 state.name, model=self.model_id, labels=scores.labels, columns=scores.column_scores[0],
                 first_column=first, start=state.context.wall_time(first * PATCH_FRAMES),
-                global_scores=scores.global_scores[0], level_db=level_db, final=True)
+                global_scores=scores.global_scores[0], level_db=state.take_level_db(), final=True)
 
     # -- loop -----------------------------------------------------------------------------------
     def poll_once(self, timeout_ms: int = 20) -> int:
